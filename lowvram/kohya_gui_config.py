@@ -90,8 +90,8 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
         problems.append(f"{path}: {key}: {text}")
 
     # (a length the command line gives: the GUI's warm-up percent is of its steps, not the GUI's)
-    settings = _sd_scripts_settings(doc, problem, bool(given) and any(given.get(name) is not None
-                                                                      for name in ("max_steps", "epochs")))
+    length_given = bool(given) and any(given.get(name) is not None for name in ("max_steps", "epochs"))
+    settings = _sd_scripts_settings(doc, problem, length_given)
     if problems:
         raise LowvramError("\n".join(problems))
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
@@ -102,7 +102,7 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
         notes.insert(0, "left out of the file, taken as kohya_ss's LoRA tab has them: " + ", ".join(
             f"{key} {value}{'%' * (key == 'lr_warmup')}" for key, value in filled.items()))
     if doc.get("dataset_config") and _number(doc.get("epoch")) and not _number(settings.get("max_train_epochs")) \
-            and not _number(settings.get("max_train_steps")):  # (0 as newer GUIs write it: no length)
+            and not _number(settings.get("max_train_steps")) and not length_given:  # (0, as newer GUIs write it)
         notes.append(f"epoch {doc['epoch']} not used: with a dataset_config kohya_ss passes no length, and "
                      "sd-scripts trains its default 1600 steps (give max_train_steps, or --epochs)")
     if _number(doc.get("lr_warmup")) and not doc.get("dataset_config") and "lr_warmup_steps" not in settings:

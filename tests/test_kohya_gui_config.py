@@ -207,6 +207,10 @@ def test_percent_settings_epochs_and_switches_take_the_gui_s_meaning(tmp_path):
     restarts, _ = translate_gui(STANDARD | {"lr_scheduler": "cosine_with_restarts", "epoch": 10}, tmp_path / "g.json",
                                 {"epochs": 2})
     assert restarts["scheduler_cycles"] == 2
+    # with a dataset_config, --epochs is no epoch "not used" (review: its own value was said to be unused)
+    _, notes = translate_gui(STANDARD | {"max_train_steps": 0, "epoch": 10, "dataset_config": str(
+        tmp_path / "dataset.toml")}, tmp_path / "g.json", {"epochs": 5})
+    assert not any("not used: with a dataset_config" in note for note in notes)
     build_config(values | {"model": "tiny"})  # and lowvram takes them
 
 
