@@ -126,8 +126,10 @@ def test_a_metadata_csv_in_an_n_name_folder_repeats_and_its_caption_column_can_b
     imagefolder(data, ["10_shapes/a.png", "10_shapes/b.png"])
     for image in ("a", "b"):
         (data / "10_shapes" / f"{image}.txt").write_text(f"1girl, {image}")
-    with open(data / "10_shapes" / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["file_name", "tags", "rating"], ["a.png", "1girl, smile", "s"]])
+    with open(data / "10_shapes" / "metadata.csv", "w", newline="", encoding="utf-8") as f:  # (a row of an image
+        # deleted since too, as a curated download keeps it: no image, no caption file it could lack; review)
+        csv.writer(f).writerows([["file_name", "tags", "rating"], ["a.png", "1girl, smile", "s"],
+                                 ["gone.png", "1girl", "e"]])
     assert main(["check-data", str(data), "--model", "tiny", "--report", str(report)]) == 0
     assert captions_of(report)["10_shapes/b.png"] == "1girl, b"
     assert ("10_shapes/metadata.csv: not read, as no column of it is named text, caption, prompt, and caption files "

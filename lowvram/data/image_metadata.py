@@ -80,10 +80,10 @@ NOT_CAPTIONS = (".npz", ".npy", ".json", ".safetensors", ".pt")
 
 
 def _captioned_by_files(folder: Path, rows: list[tuple[int, dict]]) -> bool:
-    """Whether each image a metadata file's first rows name has a caption file beside it (one stray .txt beside an
-    imagefolder's images is no captioning)."""
-    images = [folder / name.strip() for _, row in rows[:20] if isinstance(name := row.get(FILE_COLUMN), str)
-              and name.strip() and ".." not in name]
+    """Whether each image a metadata file's first rows name, that is there, has a caption file beside it (one stray
+    .txt beside an imagefolder's images is no captioning; a row of an image deleted since counts for nothing)."""
+    images = [image for _, row in rows[:20] if isinstance(name := row.get(FILE_COLUMN), str) and name.strip()
+              and ".." not in name and (image := folder / name.strip()).is_file()]
     return bool(images) and all(any(image.with_suffix(suffix).is_file() for suffix in CAPTION_SUFFIXES)
                                 for image in images)
 
