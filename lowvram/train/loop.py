@@ -360,15 +360,13 @@ def finish(session: Session, trainee: Trainee, prepared: PreparedData, peaks: Ph
             named = copied or lora_path  # (the copy in a LoRA list is the name AUTOMATIC1111 knows it by)
             shown = (named, addnet_hash(lora_path)[:12]) if lora_path.is_file() and not \
                 config.output.no_metadata else None
-            if config.samples:  # (minutes on a slow card, where a log's last line was the last step's)
-                session.console.print(f"drawing {len(config.samples)} sample(s) of the LoRA, {config.output.sample_steps}"
-                                      " steps each unless a prompt says", soft_wrap=True, highlight=False)
-            with peaks.phase("sampling"):
+            with peaks.phase("sampling"):  # (each said: minutes on a slow card, where a log's last line was the
+                # last step's; one kept from an earlier run's end is not drawn, and not said)
                 samples = render_samples(model, config.samples, session.out_dir / SAMPLES, name,
                                          session.run.resolution, config.output.sample_steps, config.training.seed,
                                          session.accelerator, prepared.sample_embeddings, shown,
-                                         config.model.model or "", lambda count: session.console.print(
-                                             f"drawn {count} of {len(config.samples)}", highlight=False))
+                                         config.model.model or "", lambda place, count: session.console.print(
+                                             f"drawing sample {place} of {count}", highlight=False))
     except KeyboardInterrupt:  # the run itself is done and saved: say so, not just "interrupted"
         raise stopped_after_the_last_step(lora_path, draw_again(session, lora_path)) from None
     except torch.OutOfMemoryError:  # beside the training state; generate has the GPU to itself

@@ -119,12 +119,12 @@ def render_images(model: LoadedModel, prompts: tuple[SamplePrompt, ...], resolut
 def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder: Path, name: str, resolution: int,
                    steps: int, seed: int, accelerator, embeddings: list[tuple] | None = None,
                    lora: tuple[Path, str] | None = None, model_name: str = "",
-                   drawn_one: Callable[[int], None] | None = None) -> list[Path]:
+                   drawing: Callable[[int, int], None] | None = None) -> list[Path]:
     """The final samples: `<folder>/<name>-NN.png`, one per prompt. `lora`: the LoRA file they show and its addnet
     hash, which each image's parameters name as AUTOMATIC1111 writes them (a model site links an uploaded sample to
     the LoRA and base model by them), with the base model's `model_name` (and hash, for a single file). A sample
     there already with the same parameters (a finished run resumed: the same LoRA, prompt and seed) is kept, not
-    drawn again. `drawn_one` is told how many are drawn as each is saved."""
+    drawn again. `drawing` is told of each sample drawn (its place from 1, and how many there are) before it is."""
     from PIL import Image as PILImage
 
     if not prompts:  # (no samples/ folder of nothing)
@@ -143,11 +143,11 @@ def render_samples(model: LoadedModel, prompts: tuple[SamplePrompt, ...], folder
             with PILImage.open(paths[-1]) as held:
                 if held.text.get("parameters") == made_with:
                     continue
+        if drawing is not None:
+            drawing(i + 1, len(prompts))
         image = render(model, prompt, resolution, steps, seed + i, accelerator.device, accelerator.autocast,
                        embeddings[i] if embeddings is not None else None)
         save_image(image, paths[-1], "a sample image", made_with or None)
-        if drawn_one is not None:
-            drawn_one(len(paths))
     return paths
 
 
