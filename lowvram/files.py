@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lowvram.errors import LowvramError
+from lowvram.errors import PICKLE_SUFFIXES, LowvramError
 from lowvram.run_files import RECORD
 
 if TYPE_CHECKING:
@@ -489,7 +489,9 @@ def lora_output_problem(output: Path, inputs: list[Path], overwrite: bool) -> st
     if output.is_dir():
         return f"--output: {output} is a folder; name the LoRA file in it, e.g. {output / 'NAME.safetensors'}"
     if output.suffix.lower() != ".safetensors":  # (a LoRA under a pickle's name would be refused as one, here too)
-        return f"--output: {output}: a LoRA is written as .safetensors; name it {output.with_suffix('.safetensors')}"
+        named = output.with_suffix(".safetensors") if output.suffix.lower() in PICKLE_SUFFIXES else \
+            output.with_name(f"{output.name}.safetensors")  # (mychar_v1.5: its .5 kept)
+        return f"--output: {output}: a LoRA is written as .safetensors; name it {named}"
     return output_problem(output, inputs, overwrite)
 
 

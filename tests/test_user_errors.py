@@ -162,6 +162,8 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
         assert main([*command, "--output", str(loras), "--overwrite"]) == 2
         assert (f"--output: {loras} is a folder; name the LoRA file in it, e.g. {loras / 'NAME.safetensors'}"
                 in one_error(capsys))
+        assert main([*command, "--output", str(tmp_path / "mychar_v1.5")]) == 2  # (its .5 kept; review)
+        assert f"name it {tmp_path / 'mychar_v1.5.safetensors'}" in one_error(capsys)
     assert not (tmp_path / "small.ckpt").exists()
 
 
