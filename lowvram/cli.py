@@ -385,10 +385,10 @@ def bucket_sides_note(values: dict, typed: Collection[str] = ()) -> None:
         resolution = area_side(*shape) if shape else int(values["resolution"])
         low, high = (int(values.get(name) or 0) for name in ("min_bucket_side", "max_bucket_side"))
         if low > resolution:  # (a config's: named as its own, not a flag the user never typed)
-            named = "--min-bucket-side" if "min_bucket_side" in typed else "the config's smallest bucket side " \
+            named = "--min-bucket-side" if "min_bucket_side" in typed else "a file's smallest bucket side " \
                 "(kohya's min_bucket_reso)"
             fix = f"give at most {resolution}" if "min_bucket_side" in typed else \
-                f"give --min-bucket-side {resolution // 2} (kohya_ss's half the resolution) or another at most {resolution}"
+                f"give --min-bucket-side {resolution // 2}, or another at most {resolution}"
             print(f"{named} {low}: above the resolution, {resolution} px, which leaves the square bucket "
                   f"alone (every image cropped square; kohya refuses it): {fix}", file=sys.stderr)
         if 0 < high < resolution:  # refused: the run trained at 256 px while its metadata said 1024

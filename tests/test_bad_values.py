@@ -68,9 +68,9 @@ def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv,
         config = images.parent / "lowvram.toml"
         config.write_text("[data]\nmin_bucket_side = 512\n")
         assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", "--config", str(config)]) == 0
-        assert ("the config's smallest bucket side (kohya's min_bucket_reso) 512: above the resolution, 64 px, which "
+        assert ("a file's smallest bucket side (kohya's min_bucket_reso) 512: above the resolution, 64 px, which "
                 "leaves the square bucket alone (every image cropped square; kohya refuses it): give --min-bucket-side "
-                "32 (kohya_ss's half the resolution) or another at most 64") in " ".join(capsys.readouterr().err.split())
+                "32, or another at most 64") in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_cache_dir_that_is_a_file_is_refused_before_anything_is_cached(images, tmp_path, capsys):
