@@ -1045,7 +1045,13 @@ def test_save_state_checkpoints_at_each_save_by_steps_and_is_said_by_epochs(tmp_
     promised --checkpoint-every)."""
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_steps": 50},
                               tmp_path / "k.toml")
-    assert values["checkpoint_every"] == 50 and not any("save_state" in note for note in notes)
+    assert values["checkpoint_every"] == 50 and "keep_checkpoints" not in values
+    assert ("save_state: kohya keeps every state it saves; lowvram keeps the newest 2 checkpoints (--keep-checkpoints "
+            "N keeps more)") in notes
+    values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_steps": 50,
+                               "save_last_n_steps_state": 150}, tmp_path / "k.toml")  # (as save_last_n_steps)
+    assert (values["checkpoint_every"], values["keep_checkpoints"]) == (50, 3)
+    assert not any("save_state" in note or "save_last_n_steps_state" in note for note in notes)
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 2},
                               tmp_path / "k.toml")
     assert "checkpoint_every" not in values
