@@ -320,8 +320,8 @@ def test_a_tag_file_of_a_tag_a_line_is_named_and_joined_with_caption_lines_join(
     record = next(r for r in checked.usable if r.path.name == "00_red_circle.png")
     assert "caption lines: the first of 5 is trained (--caption-lines each draws among them)" in record.notes
     # a paragraph Notepad wrapped: its second sentence lost, the note said only 'each' (a caption per sentence)
-    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("An oil painting of a cup on a table.\r\nThick "
-                                                                  "impasto brushstrokes, warm ochre, soft light.\r\n")
+    (sample_data / "5_lvshape" / "00_red_circle.txt").write_text("An oil painting of a cup on a table.\r\nWarm "
+                                                                  "light.\r\n")  # (a short last sentence too)
     checked = scan(resolve_run(run_config(data=str(sample_data)), NO_GPU), sample_data, "zkw", None)
     record = next(r for r in checked.usable if r.path.name == "00_red_circle.png")
     assert ("caption lines: the first of 2 is trained (--caption-lines each draws among them; a paragraph over "

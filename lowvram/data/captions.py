@@ -351,8 +351,8 @@ def captions_of(text: str, lines_read: str, wildcards: bool, notes: list[str], s
                      "downloader's tag file): --caption-lines join trains them all as one caption")
         lines = lines[:1]
     elif len(lines) > 1 and lines_read == "first":  # (a paragraph Notepad wrapped: its second sentence lost, unsaid)
-        whole = "; a paragraph over several lines trains whole written on one" * all(
-            len(line.split()) >= 5 for line in lines)
+        whole = "; a paragraph over several lines trains whole written on one" * (len(lines[0].split()) >= 5 and all(
+            len(line.split()) >= 5 or line.rstrip().endswith((".", "!", "?")) for line in lines))  # ("Warm light.")
         notes.append(f"caption lines: the first of {len(lines)} is trained (--caption-lines each draws among them"
                      f"{whole})")
         lines = lines[:1]
