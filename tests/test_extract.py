@@ -153,7 +153,7 @@ def test_a_model_that_does_not_load_is_named_by_its_option(tuned, tmp_path, caps
                       capsys)
     assert missing.startswith("--base: ") and "missing.safetensors" in missing and "--model" not in missing, missing
     assert refused(["--base", "tiny", "--tuned", str(lora), "--output", out], capsys) == (
-        f"--tuned: {lora} is a LoRA, not a base model; pass a base checkpoint to --tuned (a LoRA goes to generate's "
+        f"--tuned: {lora} is a LoRA, not a model; pass a checkpoint to --tuned (a LoRA goes to generate's "
         "--lora, merge's FILEs or train's --network-weights)")
     assert not (tmp_path / "x.safetensors").exists()
 

@@ -100,7 +100,7 @@ def test_lora_file_passed_as_model_is_named(tmp_path):
     path = tmp_path / "my_lora.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
                "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": torch.tensor(4.0)}, str(path))
-    with pytest.raises(LowvramError, match="my_lora.safetensors is a LoRA, not a base model"):
+    with pytest.raises(LowvramError, match="my_lora.safetensors is a LoRA, not a model"):
         load_model(str(path))
 
 
@@ -139,7 +139,7 @@ def test_sd2_and_the_sdxl_refiner_are_refused_with_their_names_whatever_family_i
 
 
 @pytest.mark.parametrize(("state", "named"), [
-    ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, "is a LoRA, not a base"),
+    ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, "is a LoRA, not a model"),
     ({"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_out.weight": torch.zeros(1)}, "is a VAE, not a full"),
     ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1)}, "is a Stable Diffusion 3"),
 ])
@@ -230,8 +230,8 @@ def test_folder_without_model_index_is_refused(tmp_path):
               str(lora_folder / "pytorch_lora_weights.safetensors"))
     with pytest.raises(LowvramError) as refused:
         load_model(str(lora_folder))
-    assert str(refused.value).endswith("it holds a LoRA, pytorch_lora_weights.safetensors, not a base model: pass a "
-                                       "base checkpoint to --model (a LoRA goes to generate's --lora, merge's FILEs "
+    assert str(refused.value).endswith("it holds a LoRA, pytorch_lora_weights.safetensors, not a model: pass a "
+                                       "checkpoint to --model (a LoRA goes to generate's --lora, merge's FILEs "
                                        "or train's --network-weights)")
 
 

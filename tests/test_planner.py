@@ -897,7 +897,7 @@ def test_plan_without_a_gpu_names_a_wrong_model_before_asking_for_a_card(tmp_pat
     lora = tmp_path / "my_lora.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32)}, str(lora))
     done, _ = lowvram("plan", "--model", str(lora))
-    assert done.returncode == 2 and f"--model: {lora} is a LoRA, not a base model" in done.stderr, done.stderr
+    assert done.returncode == 2 and f"--model: {lora} is a LoRA, not a model" in done.stderr, done.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="plans for the GPU present")

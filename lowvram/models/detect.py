@@ -192,7 +192,7 @@ def folder_family(index_file: Path, unet_file: Path, name: str) -> ModelFamily:
         loras = sorted(path for path in folder.glob("*.safetensors") if _a_lora(path)) if not held and \
             folder.is_dir() else []
         if loras:  # (--format diffusers' <name>-diffusers/, diffusers' save_lora_weights)
-            inside = (f"; it holds a LoRA, {loras[0].name}, not a base model: pass a base checkpoint to --model (a "
+            inside = (f"; it holds a LoRA, {loras[0].name}, not a model: pass a checkpoint to --model (a "
                       "LoRA goes to generate's --lora, merge's FILEs or train's --network-weights)")
         raise LowvramError(f"--model: {name} is a folder without model_index.json, so not a diffusers model"
                            f"{inside or '; pass a diffusers folder or a .safetensors checkpoint'}")
@@ -381,7 +381,7 @@ def _a_lora(path: Path) -> bool:
 def _what_else(keys: list[str]) -> str | None:
     """What a file with no U-Net of a Stable Diffusion probably is, and what to pass instead; None for one with."""
     if looks_like_lora(keys):
-        return ("is a LoRA, not a base model; pass a base checkpoint to --model (a LoRA goes to generate's --lora, "
+        return ("is a LoRA, not a model; pass a checkpoint to --model (a LoRA goes to generate's --lora, "
                 "merge's FILEs or train's --network-weights)")
     if any(k.startswith("model.diffusion_model.joint_blocks") for k in keys):
         return "is a Stable Diffusion 3 checkpoint; lowvram trains SD1.5 and SDXL models"
