@@ -87,7 +87,8 @@ class _Parser(argparse.ArgumentParser):
             command = self.prog.split()[-1]  # (a typo beside them answered too: else it came on the next run)
             # (a flag of its own is answered by nothing: its kohya look-alike's hint named it as its own replacement)
             hints = [kohya_hint(word, command, flags) or _closest_flag(word.split("=")[0], flags, command)
-                     for word in getattr(self, "_given", ()) if word.startswith("--") and word.split("=")[0] not in flags]
+                     for word in getattr(self, "_given", ())
+                     if word.startswith("--") and word.split("=")[0] not in flags]
             message += "".join(f"; {hint}" for hint in hints if hint)
         elif "unrecognized arguments:" in message:
             from lowvram.kohya_names import is_other_tools_flag, kohya_hint
@@ -484,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "a single-file checkpoint, any other a diffusers folder (a folder there already, not a model's, "
                     "gets the model as one file in it, as ComfyUI's models/checkpoints): merged.safetensors for a "
                     "single-file model, the folder merged otherwise]", rank_required=False,
-                    precision="the first file's; with --model, the model's (fp16 for a hub model, fp32 for a built-in one)")
+                    precision="the first file's; with --model, the model's (fp16 for a hub model, fp32 for a "
+                              "built-in one)")
 
     ext = sub.add_parser("extract", allow_abbrev=False, help="a LoRA from a fine-tuned model and its base (kohya's "
                          "extract_lora_from_models)", description="Write a LoRA of the difference between a "

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from lowvram.models.loading import LoadedModel
 
-# a single file's dtype as its header names it
+
 @dataclass(frozen=True)
 class Fused:
     path: Path

@@ -376,8 +376,9 @@ def _tag_a_line(lines: list[str], separator: str) -> bool:
     """Whether a caption file's lines are tags, one a line (gallery-dl's tag files): five or more, none holding the
     tag separator, {a|b} choices nor a sentence's words, half of them one word (booru tags: 1girl, long_hair); a tag
     line over a description, or short captions to draw among (ohwx woman smiling), are captions."""
-    return len(lines) >= 5 and all(separator not in line and "{" not in line and len(line.split()) <= 4
-                                   for line in lines) and sum(len(line.split()) == 1 for line in lines) * 2 >= len(lines)
+    one_word = sum(len(line.split()) == 1 for line in lines)
+    return len(lines) >= 5 and one_word * 2 >= len(lines) and all(
+        separator not in line and "{" not in line and len(line.split()) <= 4 for line in lines)
 
 
 def wrapped(prefix: str, line: str, suffix: str) -> str:

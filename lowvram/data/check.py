@@ -233,12 +233,11 @@ def caption_notes(records: list, config: RunConfig, trigger: str | None) -> list
     prose = [record for record in records if _sentences(record.caption, data.keep_tokens)] if (
         data.shuffle_tags or data.tag_dropout) and data.caption_separator == "," else []  # (another: chosen for it)
     if prose:  # (a style preset's shuffle over an illustrator's own sentences: clauses reordered, unsaid)
-        shown = max(prose[0].caption.split(data.caption_separator), key=len).strip()
+        shown = textwrap.shorten(max(prose[0].caption.split(","), key=len).strip(), 60, placeholder=" …")
         fix = " ".join(["--no-shuffle-tags"] * data.shuffle_tags + ["--tag-dropout 0"] * bool(data.tag_dropout))
+        varies, does = ("tag shuffling", "reorders") if data.shuffle_tags else ("tag dropout", "drops")
         notes.append(f"note: {len(prose)} of {len(records)} captions are sentences (in {prose[0].relpath}'s, "
-                     f"'{textwrap.shorten(shown, 60, placeholder=' …')}'), which {'tag shuffling' if data.shuffle_tags else 'tag dropout'} cuts at each "
-                     f"'{data.caption_separator}' and {'reorders' if data.shuffle_tags else 'drops'}; pass {fix} to "
-                     "train them as written")
+                     f"'{shown}'), which {varies} cuts at each ',' and {does}; pass {fix} to train them as written")
     if records and data.caption_template != fields_by_name()["caption_template"][1].default and not any(
             "template used" in note for record in records for note in record.notes):
         # (a diffusers user's --instance_prompt, given as the template: it captions every image there)

@@ -87,7 +87,7 @@ class ScanOptions:
     masked_loss: bool = False  # an image's <stem>-masklabel.png is its loss mask
     keep_tokens_separator: str = ""  # kohya's: ends the tags a caption keeps in front
     caption_separator: str = ","  # kohya's: what separates a caption's tags
-    caption_lines: str = "first"  # a caption file's lines: the first one, "each" as a caption drawn in turn, "join"ed as tags
+    caption_lines: str = "first"  # a caption file's lines: the first, "each" a caption drawn in turn, or "join" as tags
     wildcards: bool = False  # kohya's {a|b|c}: each combination one of the image's captions
     class_images: bool = False  # regularization images: one without a caption takes its class words, always
 
@@ -376,8 +376,8 @@ def _doubled_fix(folder: Path, doubled: list[Path]) -> str:
     first = doubled[0]
     sidecars = [path for path in doubled if Path(path.stem).suffix.lower() in IMAGE_SUFFIXES]
     if not sidecars:
-        return f"(named where Windows hides the extensions it knows); rename each as its image, {Path(first.stem).stem}" \
-               f"{first.suffix}"
+        return ("(named where Windows hides the extensions it knows); rename each as its image, "
+                f"{Path(first.stem).stem}{first.suffix}")
     said = f"(a downloader's names, or ones made where Windows hides extensions); rename each as its image, " \
            f"{Path(first.stem).stem}{first.suffix}"
     if os.name == "nt":  # (no command of cmd's or PowerShell's is offered: none is run by the tests)
