@@ -484,5 +484,5 @@ def infotext(prompt: SamplePrompt, loras: list[tuple[Path, float]], hashes: dict
 
 def prompted(given: Collection[str]) -> bool:
     """Whether the command line's options (`given`: their names, or names and values) give the sample prompts, which
-    replace a config's (one setting in kohya's configs: its prompt file, or the GUI's text)."""
+    replace another trainer's config's (one setting there: kohya's prompt file or GUI text, OneTrainer's samples)."""
     return bool({"sample_prompts", "sample_prompt_file"} & set(given))

@@ -83,9 +83,11 @@ def saved_options(config: RunConfig) -> dict[str, dict]:
     (`configure.read_toml`), under the name its record keeps (`configure.build_config`)."""
     options = config.to_toml_dict()
     options["output"]["output"] = "."
-    for section, settled in dataset_file_options(config).items():  # (what the dataset file settles stays the
-        for name in settled:  # file's: kept here, a later edit of it, its first subset's keep_tokens, was replaced by
-            del options[section][name]  # the run's copy on --config ... --resume)
+    # what the dataset file settles stays the file's: kept here, a later edit of it (its first subset's keep_tokens)
+    # was replaced by the run's copy on --config ... --resume
+    for section, settled in dataset_file_options(config).items():
+        for name in settled:
+            del options[section][name]
     return options
 
 
