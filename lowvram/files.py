@@ -486,7 +486,11 @@ def lora_output_problem(output: Path, inputs: list[Path], overwrite: bool) -> st
     """`output_problem` for a LoRA file written (resize, merge, extract): a .safetensors name, never a folder (a UI's
     loras/ folder was refused as existing, and its --overwrite failed after the work)."""
     output = expand_home(output)
-    if output.is_dir():
+    try:
+        folder = output.is_dir()
+    except OSError:  # (a name too long: output_problem says so)
+        folder = False
+    if folder:
         return f"--output: {output} is a folder; name the LoRA file in it, e.g. {output / 'NAME.safetensors'}"
     if output.suffix.lower() != ".safetensors":  # (a LoRA under a pickle's name would be refused as one, here too)
         named = output.with_suffix(".safetensors") if output.suffix.lower() in PICKLE_SUFFIXES else \

@@ -779,11 +779,11 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
             count = as_number(every_steps if by_steps else every_epochs,
                               f"{what}_every_n_{'steps' if by_steps else 'epochs'}", problem, int)
             values[f"{what}_every"] = str(count) if by_steps else f"{count}e"
-    last_states = left.pop("save_last_n_steps_state", None)
     if switched_on(left.get("save_state")) and values.get("save_every"):  # kohya's state beside each LoRA saved
         if str(values["save_every"]).isdigit():
             values["checkpoint_every"] = every = int(values["save_every"])
-            if last_states:  # (as save_last_n_steps is the LoRAs' keep_saves)
+            # (as save_last_n_steps is the LoRAs' keep_saves; else, unused, it is said not carried over)
+            if last_states := left.pop("save_last_n_steps_state", None):
                 values["keep_checkpoints"] = max(1, as_number(last_states, "save_last_n_steps_state", problem, int)
                                                  // every)
             else:
