@@ -267,6 +267,9 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert main([*argv, "--weighted-captions"]) == 0
     assert "(vocaloid)" not in capsys.readouterr().out
     # emphasis across a comma: a shuffle parts it, its brackets unpaired (said only where tags are varied)
+    (folder / "img0.txt").write_text("ohwx, \\(a, b), (red:1.2)")  # (an escaped bracket opens nothing: text)
+    assert main([*argv, "--weighted-captions", "--shuffle-tags", "--keep-tokens", "1"]) == 0
+    assert "across a" not in capsys.readouterr().out
     (folder / "img0.txt").write_text("ohwx, (smile, blush:1.3), \\(a, b\\), (red:1.2)")
     assert main([*argv, "--weighted-captions"]) == 0
     assert "across a" not in capsys.readouterr().out

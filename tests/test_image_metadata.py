@@ -400,3 +400,14 @@ def test_the_web_ui_shows_the_caption_training_reads_where_metadata_files_nest(t
     trained = captions_of(report)
     assert trained == {"plain/c.png": "root c", "10_x/sub/d.png": "10x d"}
     assert {path: data_panel.read_caption(data, path) for path in trained} == trained
+
+
+def test_a_metadata_files_list_of_captions_is_not_taken_for_a_tag_file(tmp_path, capsys):
+    """A caption list in a metadata row is captions to draw among, however short: the tag-a-line note (for a
+    downloader's tag file) offered --caption-lines join for it, which would have trained them as one."""
+    data = tmp_path / "data"
+    imagefolder(data, ["a.png"])
+    jsonl(data / "metadata.jsonl", [{"file_name": "a.png", "text": ["red", "round", "circle", "shape", "drawn"]}])
+    assert main(["check-data", str(data), "--model", "tiny", "--verbose"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "caption lines: the first of 5 is trained" in out and "look like tags" not in out
