@@ -122,6 +122,22 @@ def test_a_kohya_config_naming_a_dataset_file_takes_the_dataset_files_settings(t
     assert build_config(values).data.data == str(tmp_path / "dataset.toml")
 
 
+def test_a_setting_some_subsets_leave_out_is_the_kohya_configs_for_them(tmp_path, monkeypatch):
+    """kohya fills a subset's gaps from its arguments: kohya's defaults there replaced a kohya config's caption
+    settings for the whole run (and its keep_tokens was then refused for want of a shuffle)."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    write(tmp_path / "dataset.toml", {"datasets": [{"resolution": 64, "subsets": [
+        {"image_dir": "imgs/alpha"}, {"image_dir": "imgs/beta", "shuffle_caption": False, "caption_dropout_rate": 0.2}
+    ]}]})
+    kohya = {"pretrained_model_name_or_path": "tiny", "dataset_config": "dataset.toml", "shuffle_caption": True,
+             "keep_tokens": 1, "caption_dropout_rate": 0.05}
+    config = build_config(read_toml(write(tmp_path / "kohya.toml", kohya)))
+    assert (config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout) == (True, 1, 0.05)
+    assert [s.settings for s in read_dataset(tmp_path / "dataset.toml").subsets] == [
+        None, {"shuffle_tags": False, "caption_dropout": 0.2}]
+
+
 def test_a_flag_replaces_the_dataset_files_setting_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folders(tmp_path)
@@ -275,12 +291,16 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
                                      {"image_dir": "imgs/alpha", "num_repeats": 4}]}]}
     dataset = read_dataset(write(tmp_path / "dataset.toml", doc))
     assert [s.folder.name for s in dataset.subsets] == ["alpha", "beta"]  # kohya ignores a repeated image_dir
-    assert dataset.values == {"flip": True, "crop": "random", "color_jitter": 0.0}
+    # settings some subsets leave out are each setting subset's own: the others take the run's, as kohya fills
+    # them from its arguments (kohya's defaults here replaced a kohya config's for the whole run)
+    assert dataset.values == {}
+    assert [s.settings for s in dataset.subsets] == [{"flip": True, "crop": "random"}, {"color_jitter": 0.1}]
     # each subset's captions are wrapped in its own prefix and suffix, as kohya wraps them
     assert [(s.caption_prefix, s.caption_suffix) for s in dataset.subsets] == [("lvshape, ", ""),
                                                                               ("other, ", ", from side")]
     notes = " | ".join(dataset.notes)
-    assert "flip_aug: the subsets differ (False, True); each trains its images with its own" in notes
+    assert ("flip_aug: set for alpha alone, each training its images with its own; the other subsets take the run's "
+            "(the training config's or the command line's), as kohya fills them from its arguments") in notes
     assert "imgs/alpha is already a subset of this dataset" in notes
     assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
     # alpha's .txt captions: kohya's default caption_extension, .caption, would read none of them

@@ -43,13 +43,14 @@ def test_each_subset_reads_caches_and_captions_its_images_with_its_own_settings(
     two_folders(tmp_path, sample_data)
     path = dataset_file(tmp_path, VARIED)  # the second subset leaves caption_extension at kohya's ".caption"
     dataset = read_dataset(tmp_path / "dataset.toml")
-    assert dataset.values == {"resolution": 64, "batch_size": 2, "bucket": True, "caption_extension": ".txt",
-                              "flip": False, "shuffle_tags": False, "caption_dropout": 0.0}
-    assert [s.settings for s in dataset.subsets] == [None, {
-        "caption_extension": ".caption", "flip": True, "shuffle_tags": True, "keep_tokens": 1, "caption_dropout": 0.5}]
-    assert {"flip_aug: the subsets differ (False, True); each trains its images with its own",
-            "caption_extension: the subsets differ (.caption, .txt); each trains its images with its own"
-            } <= set(dataset.notes)
+    # what one subset sets and the other leaves out is the setting one's own; the other takes the run's (kohya's
+    # .caption where nothing sets caption_extension)
+    assert dataset.values == {"resolution": 64, "batch_size": 2, "bucket": True}
+    assert [s.settings for s in dataset.subsets] == [{"caption_extension": ".txt"}, {
+        "flip": True, "shuffle_tags": True, "keep_tokens": 1, "caption_dropout": 0.5}]
+    assert dataset.assumed["caption_extension"][0] == ".caption"
+    assert ("flip_aug: set for varied alone, each training its images with its own; the other subsets take the run's "
+            "(the training config's or the command line's), as kohya fills them from its arguments") in dataset.notes
 
     config = run_config(**with_dataset_settings({"data": path, "output": str(tmp_path / "out"), "max_steps": 2},
                                                 "the test", quiet=True))
@@ -80,7 +81,8 @@ def test_check_data_shows_each_folders_own_settings(tmp_path, sample_data, capsy
                                                        "shuffle_caption": False})]) == 0
     rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if "plain/" in line
             or "varied/" in line}
-    assert "flip" not in rows["plain/"] and "caption_extension .caption, flip True" in rows["varied/"]
+    assert "flip" not in rows["plain/"] and "caption_extension .txt" in rows["plain/"]
+    assert "flip True" in rows["varied/"] and "caption_extension" not in rows["varied/"]
     assert "keep_tokens" not in rows["varied/"]  # its own tags stay put: none to keep
 
 

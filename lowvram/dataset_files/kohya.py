@@ -3,9 +3,10 @@
 regularization flag, and the lowvram options its settings set.
 
 kohya settles each setting per subset: the subset's own, else its dataset's, else `[general]`'s. lowvram holds the
-dataset's settings once per run. Caption and augmentation settings are the first training subset's for the run
-(the lowvram options of the same meaning), and a subset that sets one otherwise trains its images with its own, with
-a note; the caption prefix and suffix stay each subset's own. Datasets
+dataset's settings once per run. Caption and augmentation settings every subset sets are the first training
+subset's for the run (the lowvram options of the same meaning), and a subset that sets one otherwise trains its images
+with its own, with a note; one that some subsets leave out is the run's for those (kohya fills them from its
+arguments: the training config's), and each other's own; the caption prefix and suffix stay each subset's own. Datasets
 of the same subsets at different resolutions are kohya's multi-resolution training (--extra-resolutions); datasets
 of other images at other resolutions or batch sizes train each subset at its dataset's. Settings that would make a
 different kind of run (face-crop augmentation) are refused, as are caption rewrites lowvram lacks, each
@@ -22,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lowvram.config import fields_by_name
 from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, repeats_of, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_found_hint, text_of
@@ -164,8 +166,9 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
     values = _run_values(run_values, problem) | ({"extra_resolutions": extra} if extra else {})
     # kohya's default, where neither the file nor a config naming it sets it
     assumed = {} if "enable_bucket" in run_values else {"bucket": (False, NO_BUCKETS.format(where="[general]"))}
-    caption_values, subsets = _subset_values(settings, subsets, notes)
+    caption_values, subsets, assumed_captions = _subset_values(settings, subsets, notes)
     values |= caption_values
+    assumed |= assumed_captions
     unread = sorted({key for settled in settings for key in settled} - (KNOWN - UNUSED))
     # kohya refuses a key its schema lacks: a misspelt one would otherwise train without what it meant to set
     misspelt = {key: meant[0] for key in unread if key not in UNUSED
@@ -330,22 +333,45 @@ def _run_values(found: dict[str, list[tuple[Any, str]]], problem) -> dict[str, A
 
 
 def _subset_values(settings: list[dict[str, Any]], subsets: list[Subset], notes: list[str]
-                   ) -> tuple[dict[str, Any], list[Subset]]:
-    """Caption and augmentation settings as lowvram options: the first training subset's are the run's, and each
-    subset keeps those it sets otherwise (a note names each setting the subsets differ on)."""
+                   ) -> tuple[dict[str, Any], list[Subset], dict[str, tuple[Any, str]]]:
+    """Caption and augmentation settings as lowvram options: of those every subset sets, the first training
+    subset's are the run's, and each subset keeps those it sets otherwise (a note names each setting the subsets
+    differ on). A setting some subsets leave out is each setting subset's own, and the run's value (the training
+    config's or the command line's, which kohya fills a subset's gaps from) the others'; returned with the kohya
+    default the run takes where no layer sets one (option -> (value, note))."""
     keys = [key for key in SUBSET_SETTINGS if any(key in settled for settled in settings)]
     if not keys or not subsets or all(subset.regularization for subset in subsets):
-        return {}, subsets
+        return {}, subsets, {}
     order = sorted(range(len(subsets)), key=lambda i: subsets[i].regularization)  # training ones first
-    written = [{key: settings[i].get(key, KOHYA_DEFAULTS.get(key)) for key in keys} for i in order]
+    # (the gaps were kohya's defaults here, which replaced a kohya config's shuffle_caption for the whole run)
+    partly = [key for key in keys if not all(key in settled for settled in settings)]
+    written = [{key: settings[i][key] for key in keys if key not in partly} for i in order]
     names = {option: key for key, option in SUBSET_SETTINGS.items()} | {"caption_lines": "enable_wildcard"}
-    values, owns = settle([_as_options(part) for part in written], notes, "subsets", written, names)
+    each = [_as_options(part | {key: settings[i][key] for key in partly if key in settings[i]})
+            for part, i in zip(written, order, strict=True)]
+    own_options = {option for key in partly for option in _as_options({key: KOHYA_DEFAULTS[key]})}
+    values, owns = settle([{k: v for k, v in options.items() if k not in own_options} for options in each], notes,
+                          "subsets", written, names)
+    for own, options in zip(owns, each, strict=True):
+        own |= {key: fields_by_name()[key][1].default if value is None else value for key, value in options.items()
+                if key in own_options and not (key == "keep_tokens" and value == 0 and options.get("shuffle_tags")
+                                               is False)}  # (its tags stay put: nothing to keep, nothing to say)
+    for key in partly:
+        setting = [subsets[i].folder.name for i in order if key in settings[i]]
+        notes.append(f"{key}: set for {', '.join(setting)} alone, each training its images with its own; the other "
+                     "subsets take the run's (the training config's or the command line's), as kohya fills them from "
+                     "its arguments")
     if not values.get("keep_tokens"):
         values.pop("keep_tokens", None)  # kohya_ss writes it whether or not anything moves the tags
     if values.get("caption_lines") == "first":
         del values["caption_lines"]
     own_of = {order[n]: own for n, own in enumerate(owns)}
-    return values, [replace(subset, settings=own_of[i] or None) for i, subset in enumerate(subsets)]
+    # (lowvram's own default, .txt, differs from kohya's)
+    assumed = {option: (value, (f"{key}: kohya's default {value} for the subsets that set none (none of the run's "
+                               "options sets it)"))
+               for key in partly for option, value in _as_options({key: KOHYA_DEFAULTS[key]}).items()
+               if value != fields_by_name()[option][1].default}
+    return values, [replace(subset, settings=own_of[i] or None) for i, subset in enumerate(subsets)], assumed
 
 
 def _as_options(settled: dict[str, Any]) -> dict[str, Any]:
