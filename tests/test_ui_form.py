@@ -189,6 +189,12 @@ def test_start_passes_resume_and_the_typed_budget_and_refuses_a_second_run(tmp_p
         first = training.process  # a double click: the second Start is the first again, said as started
         assert training.start(toml, tmp_path / "ui", tmp_path / "out").startswith("started ")
         assert training.process is first
+        with pytest.raises(LowvramError, match="^a run is already going: stop it first$"):  # another config: no
+            training.start(toml.replace("max_steps = 4", "max_steps = 5"), tmp_path / "ui", tmp_path / "out")  # click
+        training.stopping = True  # Stop pressed, a field corrected, Start: not taken for the first click
+        with pytest.raises(LowvramError, match="^the last run is still stopping"):
+            training.start(toml, tmp_path / "ui", tmp_path / "out")
+        training.stopping = False
         training.started -= 60  # a Start a minute later is a second run: refused while the first goes on
         with pytest.raises(LowvramError, match="^a run is already going: stop it first$"):
             training.start(toml, tmp_path / "ui", tmp_path / "out")

@@ -45,6 +45,7 @@ class TrainingProcess:
     log_path: Path | None = None
     stopping: bool = False  # Stop was pressed and the run has not exited yet
     started: float = 0.0  # time.time() as the run started
+    toml: str = ""  # the config it started with: a second Start of another is no double click
     checkpoints_before: frozenset = frozenset()  # the whole checkpoints its folder held then (a stop's is new)
 
     @property
@@ -56,15 +57,19 @@ class TrainingProcess:
         """`lowvram train --config` of `toml` in a process of its own; `resume` (auto or a checkpoint folder) and
         `overwrite` are the run's circumstances, never written into a config."""
         if self.running:
-            if time.time() - self.started < DOUBLE_CLICK_S:  # (the first click's "started" was replaced by an error)
+            if self.stopping:  # (Stop, a field corrected, Start: it was taken for the first click, and never started)
+                raise LowvramError("the last run is still stopping (it saves a checkpoint, then exits); press Start "
+                                   "again once its state says it stopped")
+            if time.time() - self.started < DOUBLE_CLICK_S and toml == self.toml:  # (the first click's "started"
                 return f"started {time.time() - self.started:.0f} s ago: the run is going (one click starts it)"
-            raise LowvramError("a run is already going: stop it first")
+            raise LowvramError("a run is already going: stop it first")  # (was replaced by an error)
         make_folders(config_dir)
         config_path = write_text(config_dir / f"{self.name}.toml", toml)
         problem = output_problem(config_path, resume, overwrite)
         if problem:  # a run refused at its start never becomes the run the Train tab shows
             raise LowvramError(problem)
         self.config_path, self.output, self.stopping, self.started = config_path, output, False, time.time()
+        self.toml = toml
         self.checkpoints_before = frozenset(self._checkpoints())
         args = ["train", "--config", str(self.config_path)]
         if resume:
