@@ -930,6 +930,23 @@ def test_the_pages_errors_name_its_buttons_where_the_cli_names_their_flags(tmp_p
     shown = _message(refused.value)
     assert "with the Train tab's Resume" in shown and "start over with --overwrite ticked (then Start)" in shown
     assert "--resume auto" not in shown
+    with pytest.raises(LowvramError) as refused:  # another rank: the run's options are the Load .toml box's
+        train(run_config(output=str(tmp_path / "out"), max_steps=2, rank=8, resume="auto",
+                         cache_dir=str(tmp_path / "cache")))
+    assert f"(Load .toml {tmp_path / 'out' / 'out.toml'} gives them)" in _message(refused.value).replace("\\", "")
+
+
+def test_the_runs_log_names_the_pages_buttons_where_it_names_keys_and_commands(tmp_path):
+    """'press Ctrl-C again', 'continue with: lowvram train --config ... --resume auto' on a page of Stop and Resume."""
+    from lowvram.train.outdir import continue_line
+    from lowvram.ui.runs import TrainingProcess
+
+    folder, log = tmp_path / "my out", tmp_path / "ui-run.log"
+    log.write_text("stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)\n"
+                   f"interrupted at step 3 of 30; continue with: {continue_line(folder, 'run')}\n")
+    shown = TrainingProcess(log_path=log).log_tail()
+    assert "(press Stop again to stop at once)" in shown
+    assert f"continue with: the Train tab's Resume (first Load .toml {folder / 'run.toml'}, where" in shown
 
 
 def test_start_and_resume_name_a_run_still_going_in_the_output_folder(tmp_path):

@@ -46,6 +46,7 @@ from lowvram.ui.planview import BUDGET, CSS, THIS_GPU, card_choices, plan_for, r
 from lowvram.ui.runs import (
     TrainingProcess,
     earlier_run,
+    in_page_words,
     lowvram_command,
     outputs_of,
     progress_line,
@@ -78,17 +79,9 @@ def _component(gr, field: FormField):
     return gr.Textbox(value=value, lines=lines, max_lines=lines * 4, **common)
 
 
-# the CLI's advice in the page's words: its buttons and boxes, where a line names the flags they give
-PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over with --overwrite": "start over with "
-              "--overwrite ticked (then Start)"}
-
-
 def _message(exc: Exception) -> str:
     """An error as the page shows it: the CLI's lines, naming the page's buttons where they name flags."""
-    text = str(exc)
-    for flags, page in PAGE_WORDS.items():
-        text = text.replace(flags, page)
-    return error_lines(text)
+    return error_lines(in_page_words(str(exc)))
 
 
 def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = None):

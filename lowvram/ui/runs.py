@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +29,24 @@ STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 # a child's output goes to a file or a pipe, which Windows' Python writes in the ANSI code page: a path or a prompt
 # in another script ended the run (rich re-raises UnicodeEncodeError), and the log is read back as UTF-8
 CHILD_ENV = {"PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}
+# the CLI's advice in the page's words: its buttons and boxes, where a line names the flags or keys they give
+PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over with --overwrite": "start over with "
+              "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again"}
+CONTINUE_LINE = re.compile(r"lowvram train --config ('[^']*'|\S+) --resume auto")  # (shell_line quotes a space)
+OPTIONS_GIVEN = re.compile(r"--config ('[^']*'|\S+) gives them")
+
+
+def in_page_words(text: str) -> str:
+    """A line of the CLI's (an error, the run's log) as the page says it."""
+    def path(match: re.Match) -> str:  # as the config file box takes it: unquoted
+        return shlex.split(match.group(1))[0]
+
+    text = CONTINUE_LINE.sub(lambda m: f"the Train tab's Resume (first Load .toml {path(m)}, where the form holds other "
+                             "options)", text)
+    text = OPTIONS_GIVEN.sub(lambda m: f"Load .toml {path(m)} gives them", text)
+    for flags, page in PAGE_WORDS.items():
+        text = text.replace(flags, page)
+    return text
 
 
 def lowvram_command(*args: str) -> list[str]:
@@ -150,7 +170,7 @@ class TrainingProcess:
         if not self.log_path or not self.log_path.is_file():
             return ""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(line for line in lines[-LOG_LINES:])
+        return "\n".join(in_page_words(line) for line in lines[-LOG_LINES:])
 
 
 def with_recorded_strategy(values: dict[str, Any], output: Path) -> dict[str, Any]:
