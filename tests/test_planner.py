@@ -311,6 +311,18 @@ def test_where_only_unverified_strategies_fit_a_change_a_seen_one_fits_is_offere
         own.suggestions  # (it said "let the planner choose (--optimizer rule out every ...)")
 
 
+def test_the_rank_offered_is_the_largest_that_fits_before_a_lower_resolution():
+    """A style LoRA at rank 256 on 4 GB: rank 8 was offered where 128 fits (its convolutions' rank, following
+    --rank, was left at 256), after halving its resolution."""
+    from lowvram.plan import plan_options
+
+    for rank in (320, 256):
+        _, result = plan_options({"model": "sd15", "lora_layers": "full", "rank": rank}, hardware_for(None, "4GB", None))
+        assert result.choice is None and result.suggestions[0] == "--rank 128", result.suggestions
+    _, fits = plan_options({"model": "sd15", "lora_layers": "full", "rank": 128}, hardware_for(None, "4GB", None))
+    assert fits.choice is not None
+
+
 def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that_fits():
     from lowvram.plan.report import shown_candidates
 

@@ -253,13 +253,17 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
                      f"true): the text encoders then run once, for the cache, and leave the GPU{how}")
     if work.sampling and (how := fits(replace(work, sampling=False))) is not None:
         found.append(f"drop --sample-prompt (sampling at the end is the phase that does not fit){how}")
+    # the largest rank that fits, before a lower resolution: it offered rank 8 where 128 fitted, then a style LoRA
+    # at half its resolution
+    for rank in [2 ** power for power in range(10, 1, -1) if 2 ** power < work.rank]:
+        # (a --conv-rank left unset follows --rank: it stayed at 320 here, so rank 128 fitted nothing)
+        follows = work.conv_rank in (None, work.rank)
+        if (how := fits(replace(work, rank=rank, conv_rank=rank if follows else work.conv_rank))) is not None:
+            found.append(f"--rank {rank}{how}")
+            break
     for resolution in range(work.resolution - 64, max(255, work.resolution // 2 - 1), -64):
         if (how := fits(replace(work, resolution=resolution))) is not None:
             found.append(f"--resolution {resolution}{how}")
-            break
-    for rank in (8, 4):
-        if rank < work.rank and (how := fits(replace(work, rank=rank))) is not None:
-            found.append(f"--rank {rank}{how}")
             break
     if work.cache_batch_size > 1 and (how := fits(replace(work, cache_batch_size=1))) is not None:
         found.append(f"--cache-batch-size 1{how}")
