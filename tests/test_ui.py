@@ -212,8 +212,12 @@ def test_a_preset_chosen_keeps_the_forms_dataset_and_model_and_drops_the_last_pr
     choose(page, "preset", "style")
     expect(page.locator("#setup-status")).to_contain_text("loaded preset style")
     expect(field(page, "noise-offset")).to_have_value("0.05")
+    expect(page.locator("#setup-status")).not_to_contain_text("replaced")  # the dataset, model and trigger stay
+    field(page, "max-steps").fill("60")  # typed: the preset's epochs replace it, which is said
+    field(page, "max-steps").press("Tab")
     choose(page, "preset", "character")
-    expect(page.locator("#setup-status")).to_contain_text("loaded preset character")
+    expect(page.locator("#setup-status")).to_contain_text("loaded preset character; it replaced the form's "
+                                                          "--max-steps 60")
     expect(field(page, "noise-offset")).to_have_value(noise_default)
     expect(field(page, "rank")).to_have_value("16")
     for name, value in (("model", "tiny"), ("data", "sample"), ("trigger-word", "zkw")):

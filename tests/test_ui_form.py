@@ -864,7 +864,7 @@ def test_a_loaded_configs_notes_reach_the_page(tmp_path, sample_data):
 
 def test_a_preset_replaces_only_its_own_settings_and_the_last_presets():
     from lowvram.configure import preset_path, read_toml
-    from lowvram.ui.form import with_preset
+    from lowvram.ui.form import replaced_by_preset, with_preset
 
     style, character = read_toml(preset_path("style")), read_toml(preset_path("character"))
     typed = {"model": "tiny", "data": "sample", "max_steps": 30, "rank": 64}
@@ -875,6 +875,10 @@ def test_a_preset_replaces_only_its_own_settings_and_the_last_presets():
     assert "noise_offset" in style and "noise_offset" not in again  # the style's, left as it set it
     kept = with_preset(chosen | {"caption_dropout": 0.2}, character, style)
     assert kept["caption_dropout"] == 0.2  # changed by hand since: the user's
+    # what the user typed that a preset replaced is said (the last preset's own settings are not the user's)
+    assert replaced_by_preset(typed, chosen, None) == "--max-steps 30 --rank 64"
+    typed_since = chosen | {"lr": 5e-5, "rank": 8}
+    assert replaced_by_preset(typed_since, with_preset(typed_since, character, style), style) == "--rank 8 --lr 5e-05"
 
 
 def test_the_last_presets_settings_are_known_as_the_form_reads_them_back():

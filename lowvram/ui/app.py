@@ -39,6 +39,7 @@ from lowvram.ui.form import (
     option_fields,
     option_values,
     read_for_form,
+    replaced_by_preset,
     toml_text,
     with_preset,
 )
@@ -195,8 +196,12 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
             share = {"share": values["alpha"] / values["rank"], "shown": alpha_field.to_form(values["alpha"])} if {
                 "rank", "alpha"} <= values.keys() else None
             shown_before = given_values(fields, form_values(fields, previous or {}))  # as the form reads it back
-            return [*fill(with_preset(given_values(fields, form), values, shown_before), f"preset {name}"), share,
-                    values]
+            given = given_values(fields, form)
+            chosen = with_preset(given, values, shown_before)
+            lost = replaced_by_preset(given, chosen, shown_before)
+            said = f"preset {name}" + (f"; it replaced the form's {as_text(lost)} (type again what you want kept)"
+                                      if lost else "")
+            return [*fill(chosen, said), share, values]
 
         def load_config(path):  # a whole config, as --config alone: no preset under it
             try:

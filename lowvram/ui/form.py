@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import fields_by_name, flag_name
+from lowvram.config import as_flag_words, fields_by_name, flag_name
 from lowvram.configure import ALTERNATIVES, build_config, read_config, with_dataset_settings, without_idle_kept_tags
 from lowvram.errors import LowvramError
 from lowvram.lora_header import with_network_weights
@@ -122,6 +122,15 @@ def with_preset(given: dict[str, Any], preset: dict[str, Any], previous: dict[st
     replaced = set(preset) | {name for group in ALTERNATIVES if set(group) & set(preset) for name in group}
     return {name: value for name, value in given.items()
             if name not in replaced and (name not in previous or previous[name] != value)} | preset
+
+
+def replaced_by_preset(given: dict[str, Any], chosen: dict[str, Any], previous: dict[str, Any] | None) -> str:
+    """What the user had set that a preset chosen (`with_preset`'s result: `chosen`) replaced, as flags and the
+    values that were in the form ("" where none): a typed learning rate was gone, unsaid."""
+    previous = previous or {}
+    lost = {name: value for name, value in given.items() if (name not in previous or previous[name] != value)
+            and chosen.get(name) != value}
+    return " ".join(as_flag_words(lost))
 
 
 def form_values(fields: list[FormField], values: dict[str, Any]) -> list[Any]:
