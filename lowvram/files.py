@@ -166,6 +166,8 @@ def is_windows_path(text: str) -> bool:
 WSL_MOUNTS = Path("/mnt")  # where WSL mounts Windows' drives (C:\ is /mnt/c)
 WSL_SHARE = re.compile(r"(^|/)\\\\wsl(\.localhost|\$)\\[^\\]+(\\.*)?$", re.IGNORECASE)  # \\wsl.localhost\Ubuntu\home\me
 
+SHELL_ESCAPE = re.compile(r"\\([ ()'&!])")  # what a shell's \ escapes in a name (My\ Dog), never Windows' folders
+
 
 def windows_path_hint(path: str | os.PathLike) -> str:
     r"""Why a path with backslashes is not found here: Windows writes folders so. On WSL, the path that is the
@@ -195,6 +197,15 @@ def windows_path_hint(path: str | os.PathLike) -> str:
             ", with / between folders" if "\\" in text else "")
     if "\\" not in text:
         return ""
+    if SHELL_ESCAPE.search(text):  # (macOS Terminal escapes a folder dragged in: inside quotes the \ is kept)
+        unescaped = SHELL_ESCAPE.sub(r"\1", text)
+        try:
+            found = Path(unescaped).exists()
+        except OSError:
+            found = False
+        return (f"; the \\ before a space is the shell's escape, kept inside quotes (a folder dragged into them): "
+                f"here it is {unescaped}" if found else "; the \\ before a space is the shell's escape, kept inside "
+                "quotes: in quotes write the space alone")
     slashed = text.replace("\\", "/")
     try:
         found = Path(slashed).exists()

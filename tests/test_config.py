@@ -245,6 +245,20 @@ def test_a_windows_path_not_found_here_says_to_write_it_with_slashes(tmp_path):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+def test_a_shells_escaped_space_kept_inside_quotes_is_named_so_not_as_a_windows_path(tmp_path):
+    """macOS Terminal writes a folder dragged in as My\\ Dog; inside quotes typed before, the \\ stays: it was
+    "written as a Windows path: write it with / between folders", which it was."""
+    (tmp_path / "My Dog").mkdir()
+    with pytest.raises(LowvramError) as error:
+        run_config(data=f"{tmp_path}/My\\ Dog")
+    assert str(error.value).endswith("; the \\ before a space is the shell's escape, kept inside quotes (a folder "
+                                     f"dragged into them): here it is {tmp_path}/My Dog")
+    with pytest.raises(LowvramError) as error:
+        run_config(data=f"{tmp_path}/Other\\ Dog")
+    assert str(error.value).endswith("kept inside quotes: in quotes write the space alone")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
 def test_on_wsl_a_windows_path_not_found_names_the_path_it_is_here(tmp_path, monkeypatch):
     """A config or command made on Windows, run under WSL: C:\\ is /mnt/c/ there, \\\\wsl.localhost\\Ubuntu\\x is /x, and
     Explorer's Copy as path quotes the path."""
