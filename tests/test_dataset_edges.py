@@ -41,9 +41,11 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
                "twice.txt": b"\xef\xbb\xbf\xef\xbb\xbfsaved twice, tag",  # a BOM added by each of two tools
                "tagged.txt": b" \r\n", "tagged.caption": b"1girl, smile",  # a tagger's tags beside an empty .txt
                "title.Caption": b"from a tagger",
-               "log.txt": b"a log saved as a caption\n" * 50_000}  # 1.2 MB: read whole, one would fill the RAM
+               "log.txt": b"a log saved as a caption\n" * 50_000,  # 1.2 MB: read whole, one would fill the RAM
+               # TextEdit's default: its first line, RTF code, was trained as the caption
+               "rich.txt": b"{\\rtf1\\ansi\\ansicpg1252\\cocoartf2709\n{\\fonttbl\\f0\\fswiss Helvetica;}\n\\f0 ohwx dog}"}
     for n, (name, raw) in enumerate(written.items()):
-        picture(folder / f"{name.split('.')[0]}.png", (n * 30, 80, 40))
+        picture(folder / f"{name.split('.')[0]}.png", (n * 20, 80, 40))
         (folder / name).write_bytes(raw)
     report = captions_by_name(scan_dataset(tmp_path / "data", TINY))
     assert report["bom.png"].caption == "utf16 caption, tag" and not report["bom.png"].notes
@@ -60,6 +62,9 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
     assert report["title.png"].caption == "from a tagger"
     assert report["log.png"].caption == "subj" and "caption file over 1 MiB: not a caption, template used: 'subj'" in (
         report["log.png"].notes)
+    assert report["rich.png"].caption == "subj" and ("caption rich.txt is rich text (RTF), not plain text (save it as "
+                                                     "plain text: TextEdit's Format > Make Plain Text): template "
+                                                     "used: 'subj'") in report["rich.png"].notes
     assert not any(record.non_utf8_caption for record in report.values())  # none of them is read as cp1252
 
 

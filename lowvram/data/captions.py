@@ -62,6 +62,9 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
     decoded, read_as = decode_caption(raw)
     if decoded is None:
         return None, notes + [f"caption unreadable: {found[0].name} holds NUL bytes, not text: template used"], None
+    if decoded.lstrip().startswith("{\\rtf"):  # (TextEdit's default: its code trained as the caption)
+        return None, notes + [(f"caption {found[0].name} is rich text (RTF), not plain text (save it as plain text: "
+                              "TextEdit's Format > Make Plain Text): template used")], None
     if read_as == "utf-16 without a byte-order mark":
         notes.append(f"caption is UTF-16 without a byte-order mark: read as such (save {found[0].name} as UTF-8 to "
                      "be sure)")
