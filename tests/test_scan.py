@@ -438,6 +438,16 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     (tmp_path / "README.txt").unlink()
     (tmp_path / "10_sks dog" / "b2.png").rename(tmp_path / "10_sks dog" / "b.png")
     (tmp_path / "10_sks dog" / "b.txt").unlink()
+    # where none pairs (one file of every caption, or captions named otherwise), the template trained each, unsaid
+    solo = tmp_path / "solo" / "5_dog"
+    solo.mkdir(parents=True)
+    drawn().save(solo / "IMG_0001.png")
+    (solo / "captions.txt").write_text("IMG_0001.png: a dog on grass\n")
+    (solo / "README.txt").write_text("where these came from")
+    assert "1 caption file(s) in 5_dog/ named as no image, so no image there has a caption: captions.txt (each " \
+           "image's caption is the file of its name: IMG_0001.txt, or .caption)" in scan_dataset(
+               tmp_path / "solo", TINY, options).folder_notes
+    shutil.rmtree(tmp_path / "solo")
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "
                "leaves them out" in note for note in report.folder_notes)

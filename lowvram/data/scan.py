@@ -553,6 +553,15 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
         if lone:
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
+        # none pairs: one captions.txt of every image's caption, or captions named otherwise (dog1.txt), trained none
+        unpaired = [p.name for p in captions if name_key(p.stem) not in read and p not in doubled
+                    and p.stem.lower() not in ("readme", "license")] if stems and not paired \
+            and image_folder.captions is None else []
+        if unpaired:
+            example = min(stems)
+            notes.append(f"{len(unpaired)} caption file(s) in {where or './'} named as no image, so no image there "
+                         f"has a caption: {', '.join(unpaired[:5])}{' ...' if len(unpaired) > 5 else ''} (each image's "
+                         f"caption is the file of its name: {example}.txt, or .caption)")
         flattened = [path.name for path in entries if "\\" in path.name and os.sep == "/"]
         if flattened:  # (PowerShell's Compress-Archive wrote \ in its entries; Python's zipfile keeps them in names)
             notes.append(f"{len(flattened)} name(s) in {where or './'} hold a \\ ({flattened[0]}): a zip made on "
