@@ -623,7 +623,7 @@ def test_train_dry_run_shows_what_the_dataset_file_sets(tmp_path, capsys):
     kohya.write_text(f'[[datasets]]\nresolution = 64\nbatch_size = 1\n[[datasets.subsets]]\nimage_dir = "{images}"\n'
                      'caption_dropout_every_n_epochs = 3\n[[datasets]]\nresolution = 128\nbatch_size = 2\n'
                      f'[[datasets.subsets]]\nimage_dir = "{other}"\nnum_repeats = 3\ncaption_prefix = "photo, "\n'
-                     'class_tokens = "ohwx woman"\n')
+                     'class_tokens = "ohwx woman"\ncaption_dropout_every_n_epochs = 0\n')  # (kohya's 0: none)
     assert main(["train", "--model", "tiny", "--data", str(kohya), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
         f'# {other}: 3 repeats, resolution 128, batch 2, caption_prefix "photo, ", images without a caption file '
