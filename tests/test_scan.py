@@ -447,6 +447,15 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     assert "1 caption file(s) in 5_dog/ named as no image, so no image there has a caption: captions.txt (each " \
            "image's caption is the file of its name: IMG_0001.txt, or .caption)" in scan_dataset(
                tmp_path / "solo", TINY, options).folder_notes
+    # a folder of photos as it is, no N_name, no trigger word: every caption empty, said once
+    photos = tmp_path / "solo" / "photos"
+    photos.mkdir()
+    shutil.move(solo / "IMG_0001.png", photos / "IMG_0001.png")
+    bare = [note for note in scan_dataset(photos, TINY).folder_notes if note.startswith("every image trains on")]
+    assert bare == [("every image trains on an empty caption (no caption files, no --trigger-word, no N_name folder): "
+                    "the LoRA then changes all the model draws, with no word to call it up; give --trigger-word (e.g. "
+                    "ohwx) or a caption file per image")]
+    assert not any(note.startswith("every image") for note in scan_dataset(photos, TINY, options).folder_notes)
     shutil.rmtree(tmp_path / "solo")
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "

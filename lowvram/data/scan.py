@@ -231,6 +231,11 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     # (the N_name layout's root: the images in folders it passes over, which "0 skipped" said nothing of)
     passed, more = _passed_over_images(root, folders, elsewhere) if judged else (0, False)
     report = ScanReport(root, records, folder_notes, passed, more)
+    if report.usable and not options.class_images and not any(record.caption for record in report.usable):
+        # (a folder of photos given as it is: a LoRA of no word that shifts all the model draws, unsaid)
+        folder_notes.append("every image trains on an empty caption (no caption files, no --trigger-word, no N_name "
+                            "folder): the LoRA then changes all the model draws, with no word to call it up; give "
+                            "--trigger-word (e.g. ohwx) or a caption file per image")
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:
