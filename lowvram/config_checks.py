@@ -41,6 +41,7 @@ from lowvram.option_values import (
     caption_template_problem,
     parse_colour,
     parse_resolutions,
+    parse_save_every,
     parse_source,
     parse_until,
     positive,
@@ -543,7 +544,10 @@ def _training_problems(c: RunConfig) -> list[str]:
     for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
         if value is not None and c.training.loss not in HUBER_LOSSES:
             p.append(f"--{flag}: only used with --loss huber or smooth_l1; add one or drop --{flag}")
-    positive(p, "checkpoint-every", c.training.checkpoint_every)
+    try:
+        parse_save_every(c.training.checkpoint_every)
+    except ValueError as exc:
+        p.append(f"--checkpoint-every: {exc}")
     positive(p, "checkpoint-minutes", c.training.checkpoint_minutes, allow_zero=True)
     positive(p, "checkpoint-blocks", c.memory.checkpoint_blocks)
     if c.memory.cuda_graphs and not c.memory.compile:

@@ -43,6 +43,7 @@ from lowvram.optim import (
     sets_own_step_sizes,
     spec_of,
 )
+from lowvram.option_values import parse_save_every
 from lowvram.prompts import parse_prompt, read_prompt_file
 from lowvram.samplers import sampler_name
 
@@ -779,20 +780,21 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
             count = as_number(every_steps if by_steps else every_epochs,
                               f"{what}_every_n_{'steps' if by_steps else 'epochs'}", problem, int)
             values[f"{what}_every"] = str(count) if by_steps else f"{count}e"
-    if switched_on(left.get("save_state")) and values.get("save_every"):  # kohya's state beside each LoRA saved
-        if str(values["save_every"]).isdigit():
-            values["checkpoint_every"] = every = int(values["save_every"])
-            # (as save_last_n_steps is the LoRAs' keep_saves; else, unused, it is said not carried over)
-            if last_states := left.pop("save_last_n_steps_state", None):
-                values["keep_checkpoints"] = max(1, as_number(last_states, "save_last_n_steps_state", problem, int)
-                                                 // every)
-            else:
-                notes.append("save_state: kohya keeps every state it saves; lowvram keeps the newest 2 checkpoints "
-                             "(--keep-checkpoints N keeps more)")
+    if switched_on(left.get("save_state")) and values.get("save_every") not in (None, "0", "0e"):
+        # kohya's state beside each LoRA saved, by epochs too: it said "lowvram's checkpoints come every 30
+        # minutes", and a notebook's run killed in its first half hour could not resume
+        values["checkpoint_every"] = values["save_every"]
+        every, unit = parse_save_every(values["save_every"])
+        # kohya keeps the last N epochs' states, or those of the last N steps; else as many as the LoRAs it keeps
+        kept = f"save_last_n_{unit}_state"
+        if last_states := left.pop(kept, None):
+            count = as_number(last_states, kept, problem, int)
+            values["keep_checkpoints"] = max(1, count if unit == "epochs" else count // every)
+        elif saves := values.get("keep_saves") or (unit == "epochs" and left.get("save_last_n_epochs")):
+            values["keep_checkpoints"] = max(1, as_number(saves, "save_last_n_epochs", problem, int))
         else:
-            notes.append(f"save_state: kohya saves its state at each LoRA saved (every {values['save_every'][:-1]} "
-                         "epochs); lowvram's checkpoints come every 30 minutes and at the end (--checkpoint-every N "
-                         "steps for more)")
+            notes.append("save_state: kohya keeps every state it saves; lowvram keeps the newest 2 checkpoints "
+                         "(--keep-checkpoints N keeps more)")
     prompts = left.pop("sample_prompts", None)
     sampler = str(left.pop("sample_sampler", None) or "ddim")  # kohya samples with DDIM unless told otherwise
     if prompts:

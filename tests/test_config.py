@@ -453,7 +453,7 @@ def test_a_zero_switches_off_what_a_saved_config_switched_on(tmp_path):
     argv = ["train", "--model", "tiny", "--data", "sample", "--config", str(tmp_path / "run.toml")]
     on = build_config(train_values(build_parser().parse_args(argv)))
     assert (on.output.save_every, on.output.sample_every, on.output.keep_saves, on.training.checkpoint_every) == (
-        "5", "2", 2, 3)
+        "5", "2", 2, "3")  # (an older run's whole number, read as the steps it was)
     off = build_config(train_values(build_parser().parse_args([*argv, "--save-every", "0", "--sample-every", "0",
                                                                "--keep-saves", "0", "--checkpoint-every", "0"])))
     assert (off.output.save_every, off.output.sample_every, off.output.keep_saves, off.training.checkpoint_every) == (

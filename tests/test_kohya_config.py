@@ -1040,22 +1040,28 @@ def test_the_caption_extension_note_is_left_out_where_the_command_line_gives_the
     assert "caption_extension not set" not in capsys.readouterr().err
 
 
-def test_save_state_checkpoints_at_each_save_by_steps_and_is_said_by_epochs(tmp_path):
+def test_save_state_checkpoints_at_each_save_by_steps_and_by_epochs(tmp_path):
     """kohya's save_state writes its state beside each LoRA it saves: it was passed over, unsaid (a README row
-    promised --checkpoint-every)."""
+    promised --checkpoint-every); by epochs it was a note, and a notebook's run killed in its first half hour had
+    nothing to resume."""
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_steps": 50},
                               tmp_path / "k.toml")
-    assert values["checkpoint_every"] == 50 and "keep_checkpoints" not in values
+    assert values["checkpoint_every"] == "50" and "keep_checkpoints" not in values
     assert ("save_state: kohya keeps every state it saves; lowvram keeps the newest 2 checkpoints (--keep-checkpoints "
             "N keeps more)") in notes
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_steps": 50,
                                "save_last_n_steps_state": 150}, tmp_path / "k.toml")  # (as save_last_n_steps)
-    assert (values["checkpoint_every"], values["keep_checkpoints"]) == (50, 3)
+    assert (values["checkpoint_every"], values["keep_checkpoints"]) == ("50", 3)
     assert not any("save_state" in note or "save_last_n_steps_state" in note for note in notes)
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 2},
                               tmp_path / "k.toml")
-    assert "checkpoint_every" not in values
-    assert ("save_state: kohya saves its state at each LoRA saved (every 2 epochs); lowvram's checkpoints come every "
-            "30 minutes and at the end (--checkpoint-every N steps for more)") in notes
+    assert values["checkpoint_every"] == "2e"
+    # kohya keeps the last N epochs' states (a count), else as many as the LoRAs it keeps
+    values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 2,
+                               "save_last_n_epochs_state": 3}, tmp_path / "k.toml")
+    assert (values["checkpoint_every"], values["keep_checkpoints"]) == ("2e", 3)
+    values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 1,
+                               "save_last_n_epochs": 4}, tmp_path / "k.toml")
+    assert (values["keep_saves"], values["keep_checkpoints"]) == (4, 4)
     values, notes = translate({"train_data_dir": "sample", "save_every_n_steps": 50}, tmp_path / "k.toml")
     assert "checkpoint_every" not in values

@@ -1002,3 +1002,18 @@ def test_a_resume_that_trains_nothing_leaves_the_lora_and_a_longer_schedule_is_s
     said = " ".join(capsys.readouterr().out.split())
     assert re.search(r"note: --scheduler cosine is laid over the run's 12 steps: the learning rate goes from "
                      r"\S+ at step 6 to \S+", said), said
+
+
+def test_checkpoints_every_epoch_come_with_each_epochs_end(tmp_path):
+    """A notebook user thinks in epochs, as kohya's save_state with save_every_n_epochs: --checkpoint-every 1e was
+    refused ('expected a whole number'), and the first checkpoint came after 30 minutes."""
+    from PIL import Image
+
+    folder = tmp_path / "data" / "1_dot"
+    folder.mkdir(parents=True)
+    for n in range(2):
+        Image.new("RGB", (64, 64), (120 * n, 40, 40)).save(folder / f"{n}.png")
+    train(run_config(data=str(tmp_path / "data"), output=str(tmp_path / "out"), max_steps=None, epochs=3,
+                     checkpoint_every="1e", keep_checkpoints=5))
+    assert sorted(path.name for path in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "step-000002", "step-000004", "step-000006"]  # two steps an epoch; the last at the end, as always

@@ -39,6 +39,7 @@ from lowvram.train.saving import (
     checkpoint_to_resume,
     grid_due_at_start,
     grid_of_final_samples,
+    is_save_point,
     resume,
     sample_grid,
     save_final,
@@ -225,8 +226,8 @@ def run_training(session: Session, dataset: Dataset | None) -> TrainResult:
                 if busy and not stop_asked:
                     # a Ctrl-C while saving or drawing samples stops here too, not a step later
                     stop_asked = sum_over_processes(session.accelerator, float(signals.received is not None))[0] > 0
-                every = config.training.checkpoint_every  # (either checkpoint starts the minutes anew)
-                if outcome.checkpoint_due or every and step % every == 0:
+                every = schedule.checkpoint_every  # (either checkpoint starts the minutes anew)
+                if outcome.checkpoint_due or every and is_save_point(every, step, schedule):
                     checkpointed_at = time.monotonic()
                 if stopping.stop:
                     console.print(f"[yellow]early stopping at step {step}:[/] {stopping.no_improvement()}; "

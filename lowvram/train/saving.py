@@ -294,8 +294,9 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
                     sample.unlink(missing_ok=True)
             if removed:  # (a LoRA gone from ComfyUI's list without a word looked lost)
                 written.append(f"removed {', '.join(removed)} (--keep-saves {config.output.keep_saves})")
-    every = config.training.checkpoint_every
-    if (every and step % every == 0 or timed_checkpoint) and step < schedule.total_steps and not stop:
+    every = schedule.checkpoint_every
+    if (every and is_save_point(every, step, schedule) or timed_checkpoint) and step < schedule.total_steps \
+            and not stop:
         kept["checkpoint"] = save_checkpoint(session, trainee, dataset, position)
         written.append(f"checkpoint {kept['checkpoint']}")
     if written:

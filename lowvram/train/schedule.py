@@ -29,6 +29,7 @@ class Schedule:
     epoch_ends: tuple[int, ...] = ()
     epochs: float = 0.0  # the run's length in epochs: the last one's share its steps reach into
     past_end: int | None = None  # a resumed run's checkpoint step past its end: `epochs` is where that stands
+    checkpoint_every: tuple[int, str] | None = None  # --checkpoint-every, as save_every
 
     def length(self, fractional: bool) -> str:
         """"200 steps = 10 epochs of 20" (of about 20 where fractional repeats vary an epoch's batches)."""
@@ -99,7 +100,8 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
                     config.validation.validate_every,
                     len(data.batch_shapes()) + len(config.prompt_lines) + 1,
                     until_step, in_steps(config.optim.warmup_steps, total_steps),
-                    tuple(ends[:last + 1]), run_epochs, step if start and total_steps < step else None)
+                    tuple(ends[:last + 1]), run_epochs, step if start and total_steps < step else None,
+                    parse_save_every(config.training.checkpoint_every))
 
 
 def in_steps(given: float, total_steps: int) -> int:
