@@ -315,8 +315,9 @@ def test_a_model_moved_between_machines_is_said_and_another_of_its_name_refused(
               str(other))  # (a fine-tune of it: every U-Net weight other)
     here.rename(here.with_name("kept.safetensors"))  # (its path gone: 'other' would pass as it, moved)
     code, said = resume(other, 3)
-    assert code == 2 and (f"--model: {other} is not the model the run in {out} trained on: its weights differ from "
-                          f"those of {here}, recorded when the run started; give that model") in said.err, said.err
+    assert code == 2 and (f"--model: {other} is not the model the run in {out} trained on: its file differs from "
+                          f"{here}'s, recorded when the run started (other weights, or the same saved again with "
+                          "other metadata); give that file") in said.err, said.err
     code, said = resume(here.with_name("kept.safetensors"), 3)  # the same weights, renamed
     assert code == 2 and "a model or dataset moved here keeps its name (--model base.safetensors): name it so" in \
         " ".join(said.err.split()), said.err

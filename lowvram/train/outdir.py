@@ -286,9 +286,10 @@ def ownership_problem(run: ResolvedRun) -> str | None:
         recorded, model = (record or {}).get("model_fingerprint"), model_fingerprint(config.model.model)
         if recorded and model and recorded != model:  # (the same name, moved or replaced: other weights)
             then = record["recipe"].get("--model")
-            return (f"--model: {config.model.model} is not the model the run in {folder} trained on: its weights "
-                    f"differ from those of {then}, recorded when the run started; give that model, or start a new "
-                    "run in another --output")
+            # (its file, header included: the same weights saved again with another date in it differ too)
+            return (f"--model: {config.model.model} is not the model the run in {folder} trained on: its file "
+                    f"differs from {then}'s, recorded when the run started (other weights, or the same saved again "
+                    "with other metadata); give that file, or start a new run in another --output")
         if record and not same_run(record, ours):
             weights = config.network.network_weights
             gone = (f" (--network-weights {weights} is gone, so the options it gave are not read: --config "
