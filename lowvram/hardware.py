@@ -6,6 +6,7 @@ host RAM, PCIe bandwidth for offload estimates, and what the CUDA context takes 
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import re
@@ -148,11 +149,20 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES.glob("*.toml"))
 
 
+def _meant_profile(name: str) -> str:
+    """' (did you mean colab-t4?)' for 't4' (a card's name within a profile's), else for a near spelling."""
+    words = str(name).lower().replace("_", "-").replace(" ", "-")
+    within = [profile for profile in list_profiles() if set(words.split("-")) <= set(profile.split("-"))]
+    meant = within or difflib.get_close_matches(words, list_profiles(), n=1)
+    return f" (did you mean {' or '.join(meant)}?)" if meant and len(meant) <= 3 else ""
+
+
 def load_profile(name: str) -> Hardware:
     """A card people train on, from `lowvram/profiles/<name>.toml`."""
     path = PROFILES / f"{name}.toml"
     if not path.is_file() or name not in list_profiles():  # (a name, not a path: ../x.toml is no profile)
-        raise LowvramError(f"--profile: no profile '{name}'; profiles are {', '.join(list_profiles())}")
+        raise LowvramError(f"--profile: no profile '{name}'{_meant_profile(name)}; profiles are "
+                           f"{', '.join(list_profiles())}")
     data = tomllib.loads(path.read_text())
     known = {"name", "vram_gb", "free_vram_gb", "bf16", "host_ram_gb", "compute_capability", "pcie_gbps",
              "cuda_context_gb", "shared_memory_fallback", "notes"}

@@ -463,8 +463,9 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     elif key in OTHER_TRAINER_FLAGS:  # (--use_8bit_adam: sd-scripts' too, its command pasted is kohya's)
         whose = "kohya's" if key.lstrip("-") in SD_SCRIPTS_SETTINGS else "the diffusers scripts' or SimpleTuner's"
         ours = OTHER_TRAINER_FLAGS[key]
-    elif key in AI_TOOLKIT_NAMES:
-        whose, ours = "ai-toolkit's", AI_TOOLKIT_NAMES[key]
+    elif key in AI_TOOLKIT_NAMES:  # (num_repeats: the kohya Colab notebooks' word too, from kohya's dataset files)
+        whose = "a kohya dataset file's and ai-toolkit's" if key == "--num_repeats" else "ai-toolkit's"
+        ours = AI_TOOLKIT_NAMES[key]
     else:
         return None
     named = named_flags(ours)

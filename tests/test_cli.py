@@ -53,6 +53,32 @@ def test_unknown_option_is_one_line_naming_it():
     assert "--lerning-rate" in lines[0]
 
 
+def test_a_device_flag_is_answered_with_how_lowvram_picks_its_device(capsys):
+    """A Mac user's --device mps (and the diffusers examples' --device) was 'unknown option --device' alone."""
+    for argv in (["train", "--model", "tiny", "--data", "sample", "--device", "mps"], ["plan", "--device=cuda:1"],
+                 ["generate", "--device", "mps"]):  # (generate: beside its missing --prompt)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("lowvram trains on a CUDA GPU where there is one, else on the CPU; "
+                                               "CUDA_VISIBLE_DEVICES=1 picks another GPU; Apple's GPUs (mps) are not "
+                                               "supported: a Mac trains on its CPU") in err, err
+
+
+def test_num_repeats_is_named_as_a_kohya_dataset_files_word(capsys):
+    """The kohya Colab notebooks' num_repeats (a kohya dataset file's key) was said to be ai-toolkit's name."""
+    assert main(["train", "--model", "tiny", "--data", "sample", "--num_repeats", "10"]) == 2
+    assert "--num_repeats is a kohya dataset file's and ai-toolkit's name; lowvram has none (a folder named N_name " \
+           "trains its images N times" in capsys.readouterr().err
+
+
+def test_a_profile_named_by_its_card_alone_is_pointed_at(capsys):
+    """A kohya Colab notebook's 't4' got the list of all 21 profiles, without 'did you mean colab-t4'."""
+    for typed, meant in (("t4", "colab-t4"), ("3060", "rtx-3060-12gb or rtx-3060-laptop-6gb"), ("rtx4090",
+                                                                                               "rtx-4090-24gb")):
+        assert main(["plan", "--model", "sd15", "--profile", typed]) == 2
+        assert f"--profile: no profile '{typed}' (did you mean {meant}?); profiles are " in capsys.readouterr().err
+
+
 def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_and_a_note(monkeypatch, capsys):
     """Every process of `accelerate launch` reads the same options: one copy of each line, not one per process."""
     argv = ["train", "--model", "tiny", "--data", "sample", "--preset", "style", "--rank", "4", "--lr", "-1"]
