@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console
 
 from lowvram.data.buckets import default_buckets
-from lowvram.data.image_files import SUPPORTED
+from lowvram.data.image_files import HEIC_CONVERTERS, SUPPORTED
 from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 
@@ -602,10 +602,13 @@ def test_a_phones_heic_photo_is_named_and_a_jpeg_named_heic_is_told_to_be_rename
     report = scan_dataset(tmp_path / "ds", TINY)
     assert {r.relpath: r.reason for r in report.skipped} == {
         "IMG_2000.jpg": f"unsupported format: it is a HEIC photo (a phone's), whatever its name says; convert it to "
-                        f"one of {SUPPORTED} (heif-convert, or the phone's most compatible format)",
+                        f"one of {SUPPORTED} ({HEIC_CONVERTERS})",
         "IMG_1234.heic": "unsupported name: it is a JPEG file named .heic; rename it IMG_1234.jpg",
         "IMG_1235.HEIC": "unsupported name: it is a PNG file named .HEIC; rename it IMG_1235.png",
-        "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED}",
+        # (the Mac's own converter named: it was heif-convert's alone, or no way at all)
+        "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED} (on a Mac: "
+                         "sips -s format jpeg IMG.HEIC --out IMG.jpg; on Linux: heif-convert; or set the phone to its "
+                         "most compatible format)",
         "web.png": f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"}
 
 

@@ -111,6 +111,10 @@ def _pixels(count: int) -> str:
 HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF",
                b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
+# (an iPhone's photos are HEIC unless set otherwise: a Mac's own tool first)
+HEIC_CONVERTERS = ("on a Mac: sips -s format jpeg IMG.HEIC --out IMG.jpg; on Linux: heif-convert; or set the phone to "
+                   "its most compatible format")
+
 
 def _unidentified(data: bytes) -> str:
     """An image of another format behind a supported name, or not an image at all."""
@@ -122,7 +126,7 @@ def _unidentified(data: bytes) -> str:
         if b"avif" in data[8:size] or HEIF_BRANDS[data[8:12]] == "AVIF":
             return f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"
         return (f"unsupported format: it is a {HEIF_BRANDS[data[8:12]]} photo (a phone's), whatever its name says; "
-                f"convert it to one of {SUPPORTED} (heif-convert, or the phone's most compatible format)")
+                f"convert it to one of {SUPPORTED} ({HEIC_CONVERTERS})")
     return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
 
 
@@ -148,7 +152,8 @@ def unsupported_suffix_reason(path: Path) -> str:
     supported = next((suffix for suffix, formats in IMAGE_FORMATS.items() if actual in formats), None)
     if supported:
         return f"unsupported name: it is a {actual} file named {path.suffix}; rename it {path.stem}{supported}"
-    return f"unsupported format: {path.suffix.lower()} files can't be read; convert it to one of {SUPPORTED}"
+    how = f" ({HEIC_CONVERTERS})" if path.suffix.lower() in (".heic", ".heif") else ""
+    return f"unsupported format: {path.suffix.lower()} files can't be read; convert it to one of {SUPPORTED}{how}"
 
 
 def _orientation(im: Image.Image) -> int:
