@@ -611,3 +611,17 @@ def test_the_folder_suggested_for_another_name_is_neither_this_folder_nor_inside
         train(run_config(output=str(plain), max_steps=1, name="out", overwrite=False))
     assert f"--output {tmp_path / 'out_run'} --copy-to {plain}" in str(refused.value)
     assert f"start over with --overwrite (its files move to {plain / 'archive'}/)" in str(refused.value)
+
+
+def test_a_lora_named_after_a_folder_called_output_says_how_to_name_it(tmp_path, capsys):
+    """The kohya Colab notebooks' Loras/<project>/output: every project's LoRA was output.safetensors, unsaid."""
+    from lowvram.cli import main
+
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "mychar" / "output"),
+                 "--max-steps", "1"]) == 0
+    note = ("note: the LoRA is named output.safetensors, after its folder; --name NAME names it (ComfyUI and "
+            "AUTOMATIC1111 list LoRAs by file name)")
+    assert note in " ".join(capsys.readouterr().out.split())
+    assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "mychar" / "output"),
+                 "--name", "mychar", "--max-steps", "1", "--overwrite"]) == 0
+    assert "after its folder" not in capsys.readouterr().out

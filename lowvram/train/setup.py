@@ -57,6 +57,7 @@ from lowvram.plan.estimate import checkpoint_unit_names
 from lowvram.precision import compute_dtype
 from lowvram.quant import convert_frozen, place, storage_bytes
 from lowvram.resolve import NATIVE_FORMAT, ResolvedRun, resolve_run
+from lowvram.run_files import LORA_SUFFIX
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.identity import recipe
@@ -490,6 +491,9 @@ def conv_note(network: NetworkConfig) -> str:
     conv = network.distinct_conv
     return f" (3x3 convolutions rank {conv[0]} alpha {conv[1]:g})" if conv else ""
 
+# output folder names that name no LoRA: every project's would be output.safetensors in a LoRA list
+FOLDER_WORDS = {"output", "outputs", "out", "lora", "loras", "result", "results", "models", "train", "training"}
+
 
 def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: PreparedData, attention: str,
              schedule: Schedule) -> None:
@@ -524,6 +528,10 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         weighs = f"their loss weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}"
         tail = idle if idle and not weight else weighs + (f"; {idle}" if idle else "")  # (idle names a weight of 0)
         session.console.print(f"{said}{balance}; {escape(tail)}", soft_wrap=True)
+    if not config.output.name and config.output_name.lower() in FOLDER_WORDS:  # (a notebook's Loras/x/output/)
+        session.console.print(f"[yellow]note:[/] the LoRA is named {escape(config.output_name)}{LORA_SUFFIX}, after its "
+                              "folder; --name NAME names it (ComfyUI and AUTOMATIC1111 list LoRAs by file name)",
+                              soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
                               f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
