@@ -932,6 +932,8 @@ def test_the_pages_errors_name_its_buttons_where_the_cli_names_their_flags(tmp_p
                          cache_dir=str(tmp_path / "cache")))
     assert "--resume auto" in str(refused.value)
     shown = _message(refused.value)
+    assert _message(LowvramError("--rank: '' is invalid: expected a whole number")) == (
+        "**error:** --rank: empty, or not a number (letters typed?): expected a whole number")
     assert "with the Train tab's Resume" in shown and "start over with --overwrite ticked (then Start)" in shown
     assert "--resume auto" not in shown
     with pytest.raises(LowvramError) as refused:  # another rank: the run's options are the Load .toml box's

@@ -31,7 +31,9 @@ STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 CHILD_ENV = {"PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}
 # the CLI's advice in the page's words: its buttons and boxes, where a line names the flags or keys they give
 PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over with --overwrite": "start over with "
-              "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again"}
+              "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again",
+              # (a number box holding letters sends nothing: a field typed in was said to be '')
+              "'' is invalid: expected a": "empty, or not a number (letters typed?): expected a"}
 CONTINUE_LINE = re.compile(r"lowvram train --config ('[^']*'|\S+) --resume auto")  # (shell_line quotes a space)
 OPTIONS_GIVEN = re.compile(r"--config ('[^']*'|\S+) gives them")
 
