@@ -109,7 +109,7 @@ def plan_dataset(run, console) -> dict:
     from lowvram.data.check import scan_sets
     from lowvram.data.epochs import counted_epochs
     from lowvram.files import human_size
-    from lowvram.train.schedule import folder_batches, plan_schedule
+    from lowvram.train.schedule import folder_batches, plan_schedule, short_run_note
 
     config = run.config
     sets = scan_sets(run, Path(config.data.data), config.data.trigger_word, console)
@@ -129,6 +129,8 @@ def plan_dataset(run, console) -> dict:
                   f"{f' x {accumulation} accumulated' * (accumulation > 1)}; on one GPU: under accelerate launch "
                   "each takes its share of the batches)",
                   soft_wrap=True, highlight=False)
+    if short := short_run_note(config, run.family, schedule.total_steps):
+        console.print(f"note: {short}", soft_wrap=True, highlight=False)
     size = planned_cache_size(run, sets)
     bound = "at most" if epochs.regularization_unused else "about"  # (class images no epoch draws are not cached)
     texts = f", {size.texts} caption embedding{'s' * (size.texts != 1)}" if size.texts else ""

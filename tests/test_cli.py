@@ -79,6 +79,21 @@ def test_a_profile_named_by_its_card_alone_is_pointed_at(capsys):
         assert f"--profile: no profile '{typed}' (did you mean {meant}?); profiles are " in capsys.readouterr().err
 
 
+def test_plan_says_where_the_default_length_is_a_short_run_for_a_real_model(tmp_path, capsys):
+    """A folder of photos without repeats planned 10 epochs of 6 steps for SD1.5, unsaid: kohya's default is 1600."""
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    for n in range(6):
+        Image.new("RGB", (64, 64), (40 * n, 30, 30)).save(tmp_path / "photos" / f"{n}.png")
+    note = ("note: 60 steps is a short run for a real model (kohya's default is 1600): more repeats (an N_name "
+            "folder's N: 10_ohwx trains its images 10 times an epoch), or --epochs or --max-steps, lengthen it")
+    for argv, said in ((["--model", "sd15"], True), (["--model", "sd15", "--epochs", "10"], False),
+                       (["--model", "tiny"], False)):
+        assert main(["plan", *argv, "--data", str(tmp_path / "photos"), "--vram", "8GB"]) == 0
+        assert (note in " ".join(capsys.readouterr().out.split())) is said
+
+
 def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_and_a_note(monkeypatch, capsys):
     """Every process of `accelerate launch` reads the same options: one copy of each line, not one per process."""
     argv = ["train", "--model", "tiny", "--data", "sample", "--preset", "style", "--rank", "4", "--lr", "-1"]

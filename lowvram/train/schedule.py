@@ -103,6 +103,19 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
                     tuple(ends[:last + 1]), run_epochs, step if start and total_steps < step else None,
                     parse_save_every(config.training.checkpoint_every))
 
+SHORT_RUN_STEPS = 400  # a default-length run under this is short for a real model's subject or style
+KOHYA_DEFAULT_STEPS = 1600  # sd-scripts' max_train_steps where nothing sets the length
+
+
+def short_run_note(config, family, total_steps: int) -> str | None:
+    """Where the default length (10 epochs) is few steps for a real model: a folder of photos without repeats
+    trained 120 steps, where kohya's default is 1600 and an N_name folder's repeats made the same folder 1500."""
+    if config.training.max_steps or config.training.epochs or family.full_size or total_steps >= SHORT_RUN_STEPS:
+        return None
+    return (f"{total_steps} steps is a short run for a real model (kohya's default is {KOHYA_DEFAULT_STEPS}): more "
+            "repeats (an N_name folder's N: 10_ohwx trains its images 10 times an epoch), or --epochs or --max-steps, "
+            "lengthen it")
+
 
 def in_steps(given: float, total_steps: int) -> int:
     """--warmup-steps or --decay-steps in steps: as given, or under 1 that share of the run's steps (kohya's

@@ -62,7 +62,7 @@ from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.identity import recipe
 from lowvram.train.outdir import existing_lora_problem
-from lowvram.train.schedule import Schedule, folder_batches, in_steps
+from lowvram.train.schedule import Schedule, folder_batches, in_steps, short_run_note
 
 PROCESS_WAIT = timedelta(hours=3)  # how long a process waits for the others at a barrier (the caches filled)
 
@@ -528,6 +528,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         weighs = f"their loss weighs {weight:g}{' (--prior-loss-weight)' if weight != 1 else ''}"
         tail = idle if idle and not weight else weighs + (f"; {idle}" if idle else "")  # (idle names a weight of 0)
         session.console.print(f"{said}{balance}; {escape(tail)}", soft_wrap=True)
+    if short := short_run_note(config, run.family, schedule.total_steps):
+        session.console.print(f"[yellow]note:[/] {escape(short)}", soft_wrap=True)
     if not config.output.name and config.output_name.lower() in FOLDER_WORDS:  # (a notebook's Loras/x/output/)
         session.console.print(f"[yellow]note:[/] the LoRA is named {escape(config.output_name)}{LORA_SUFFIX}, after its "
                               "folder; --name NAME names it (ComfyUI and AUTOMATIC1111 list LoRAs by file name)",
