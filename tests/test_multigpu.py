@@ -178,3 +178,29 @@ def test_a_refusal_every_process_reaches_is_said_once(tmp_path):
     said = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("lowvram train:")]
     assert run.returncode != 0 and len([line for line in said if "error:" in line]) == 1, said
     assert len([line for line in said if "--auto: no CUDA GPU" in line]) == 1, said
+
+
+@pytest.mark.slow
+def test_an_output_folder_held_by_another_run_is_refused_by_every_process(tmp_path):
+    """The main process refused a busy --output (exit 75) before the process group formed; the other waited to join
+    it until the launcher killed it 30 s later (SIGKILL, a traceback): every process now looks, and each ends 75."""
+    from lowvram.train.outdir import FolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = FolderLock(out)  # (this process stands for the run that holds the folder)
+    held.acquire()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+             str(free_port()), "-m", "lowvram", "train", "--model", "tiny", "--data", "sample", "--max-steps", "2",
+             "--output", str(out), "--cache-dir", str(tmp_path / "cache")],
+            check=False, capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        held.release()
+    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", run.stderr, re.MULTILINE)  # (the launcher's report)
+    # (the other one may be ended by the launcher's SIGTERM first, which a process still loading takes at once)
+    assert run.returncode != 0 and "75" in codes and "-9" not in codes, run.stderr[-3000:]
+    assert len([line for line in run.stderr.splitlines() if "is in use by another lowvram run" in line]) == 1

@@ -83,14 +83,15 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
 
     Under `accelerate launch` every process runs this: each trains on its share of every step's batches
     (DDP averages the gradients), only the main process writes files."""
-    # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`);
-    # by the main process alone (another would find the lock the main process took)
-    if not another_process():
-        lock = outdir.FolderLock(config.output_dir)
-        lock.wait_while_going_stale(lambda line: (console or log_console()).print(line, soft_wrap=True,
-                                                                                  highlight=False))
-        if busy := lock.held_by_another():
-            raise Busy(busy)
+    # said before the data is cached or the model loads, and before what --resume finds there (taken in `claimed`,
+    # after every process has joined the process group: none has taken it yet). Every process looks, the main one
+    # alone saying so: the others, left waiting to join a main process that had refused, hung until the launcher
+    # killed them
+    lock = outdir.FolderLock(config.output_dir)
+    lock.wait_while_going_stale(lambda line: None if another_process() else (console or log_console()).print(
+        line, soft_wrap=True, highlight=False))
+    if busy := lock.held_by_another():
+        raise Busy(busy)
     config, fresh = outdir.nothing_to_resume(config)
     session = start_session(config, console)
     if fresh:
