@@ -26,8 +26,9 @@ class TrainingInterrupted(LowvramError):
 
 
 class Busy(Refused):
-    """Another live lowvram run holds the output folder: this run is refused before it changed anything, with
-    EX_TEMPFAIL's exit code (75, "try again later", as sendmail's), so a script tells it from an error to fix."""
+    """Another live lowvram run holds the output folder (or the cache `lowvram cache` would prune): refused before
+    anything changed, with EX_TEMPFAIL's exit code (75, "try again later", as sendmail's), so a script tells it
+    from an error to fix."""
 
     exit_code = 75
 

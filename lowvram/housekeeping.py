@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowvram.errors import LowvramError
+from lowvram.errors import Busy, LowvramError
 from lowvram.files import TEMPORARY, human_size
 from lowvram.locks import hold_exclusive, is_held
 from lowvram.resolve import (
@@ -110,8 +110,9 @@ def remove(cache_dir: Path, unused_for: float | None, dry_run: bool = False) -> 
             if not dry_run:
                 held.enter_context(hold_exclusive(cache_dir / IN_USE))
         except BlockingIOError:
-            raise LowvramError(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache"
-                               f"{_holders(cache_dir / IN_USE)}; run this again when it ends") from None
+            # (exit 75, "try again later", as a busy --output: a prune job told it apart from a wrong --cache-dir)
+            raise Busy(f"{cache_dir}: a lowvram run (or another `lowvram cache`) is using this cache"
+                       f"{_holders(cache_dir / IN_USE)}; run this again when it ends") from None
         except OSError as exc:
             raise LowvramError(f"{cache_dir / IN_USE}: cannot be locked ({exc.strerror}), so a run could be reading "
                                "what this removes; run as the user who owns the cache") from None
