@@ -270,7 +270,7 @@ def test_a_lock_folder_of_another_users_still_locks_or_says_it_cannot(tmp_path):
         folder.chmod(0o555)
         try:
             refused = as_another_user("-m", "lowvram", "cache", "--cache-dir", str(cache), "--clear")
-            assert refused.returncode == 2 and "a lowvram run (or another `lowvram cache`) is using this cache" in (
+            assert refused.returncode == 75 and "a lowvram run (or another `lowvram cache`) is using this cache" in (
                 refused.stderr), refused.stderr
             unlocked = as_another_user("-c", a_run)
             assert unlocked.stdout.strip() == "ready", unlocked.stderr
