@@ -599,6 +599,16 @@ def test_a_branch_from_an_earlier_checkpoint_sets_aside_all_the_left_branch_made
     kept = [json.loads(line) for line in next((tmp_path / "archive").glob("*/metrics.jsonl")).read_text().splitlines()]
     assert [record["step"] for record in kept if "loss" in record] == [1, 2, 3, 4]
     assert 'lr = 0.001' in next((tmp_path / "archive").glob(f"*/{first.stem}.toml")).read_text()
+    # going back to the branch left, from its archived checkpoint: refused here, where it overwrote the new branch's
+    # final LoRA unarchived (the folder then held both branches' files); into a folder of its own it trains on
+    archived_step = next((tmp_path / "archive").glob("*/step-000004"))
+    now = first.read_bytes()
+    with pytest.raises(LowvramError, match=f"--resume: {re.escape(str(archived_step))} is in {re.escape(str(tmp_path))}"
+                                           "'s archive/, of a branch this run left"):
+        train(run_config(output=str(tmp_path), max_steps=4, lr=1e-3, resume=str(archived_step), **saves))
+    assert first.read_bytes() == now
+    branch = train(run_config(output=str(tmp_path / "left"), max_steps=4, lr=1e-3, resume=str(archived_step)))
+    assert branch.lora_path.is_file()
 
 
 def test_resume_auto_sets_aside_what_a_killed_run_saved_past_its_last_checkpoint(tmp_path, capsys):

@@ -283,6 +283,12 @@ def ownership_problem(run: ResolvedRun) -> str | None:
     # (--resume with another name is asked for: the run trained further, saved under the new name)
     named = record.get("name") if record and record.get("name") != config.output_name else None
     if config.training.resume:
+        resumed = Path(config.training.resume) if config.training.resume != "auto" else None
+        if resumed and resumed.resolve().is_relative_to((folder / ARCHIVE).resolve()) and (record or checkpoints):
+            # (it overwrote the branch's final LoRA and saves here, unarchived: the two branches mixed in one folder)
+            return (f"--resume: {resumed} is in {folder}'s {ARCHIVE}/, of a branch this run left: resumed here, its "
+                    "files would mix with those of the branch the folder holds; resume it into a folder of its own "
+                    f"(--output {folder}-{resumed.name})")
         recorded, model = (record or {}).get("model_fingerprint"), model_fingerprint(config.model.model)
         if recorded and model and recorded != model:  # (the same name, moved or replaced: other weights)
             then = record["recipe"].get("--model")
