@@ -107,8 +107,11 @@ def _trained_line(metadata: dict[str, str], options: dict) -> str:
              if re.fullmatch(r"[0-9]+", value := str(metadata.get(key, "")))}
     if "ss_steps" in whole:
         said.append(f"{whole['ss_steps']} step{'s' * (whole['ss_steps'] != 1)}")
-    epochs = whole.get("ss_epoch") or whole.get("ss_num_epochs")  # (a save's own epoch, not the run's planned ones)
-    if epochs:
+    # a save's own epoch, not the run's planned ones: kohya's 0 is a save within the first (it said the run's 2)
+    epochs = whole["ss_epoch"] if "ss_epoch" in whole else whole.get("ss_num_epochs")
+    if epochs == 0:
+        said.append("under 1 epoch")
+    elif epochs:
         said.append(f"{epochs} epoch{'s' * (epochs != 1)}")
     sides = [round(float(side)) for side in re.findall(r"[0-9]+(?:\.[0-9]+)?", metadata.get("ss_resolution", ""))]
     if len(sides) in (1, 2):

@@ -532,6 +532,11 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     assert main(["info", str(tmp_path / "odd.safetensors")]) == 0
     assert "\ntrained: 1 epoch, at 1024x1024, on animeMix [v2] [/i].safetensors; alpha 4 (scale 1)\n" in \
         capsys.readouterr().out
+    # a step's save in the first epoch (kohya's ss_epoch 0): it said the run's 3 epochs
+    save_file({f"{name}.lora_down.weight": torch.zeros(4, 768), f"{name}.lora_up.weight": torch.zeros(320, 4)},
+              str(tmp_path / "early.safetensors"), {"ss_steps": "20", "ss_epoch": "0", "ss_num_epochs": "3"})
+    assert main(["info", str(tmp_path / "early.safetensors")]) == 0
+    assert "\ntrained: 20 steps, under 1 epoch; alpha 4 (scale 1)\n" in capsys.readouterr().out
     # a file without metadata: its layers say (the cross-attention's 768 or 2048 wide input)
     for width, base in ((768, "SD1.5"), (2048, "SDXL"), (1024, None)):
         name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
