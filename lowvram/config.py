@@ -430,10 +430,10 @@ class OptimConfig:
     scheduler: str = option("constant", "Learning-rate schedule (rex: OneTrainer's REX, which holds the rate longer "
                             "than linear then drops it; inverse_sqrt and warmup_stable_decay: transformers', as "
                             "kohya's).", choices=SCHEDULERS)
-    warmup_steps: float = option(0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
+    warmup_steps: float = option(0.0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
                                  "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
                                  "read it.", metavar="N")
-    decay_steps: float = option(0, "warmup_stable_decay's decay, over the run's last N steps (under 1, a share of "
+    decay_steps: float = option(0.0, "warmup_stable_decay's decay, over the run's last N steps (under 1, a share of "
                                 "the run: kohya's lr_decay_steps).", metavar="N")
     scheduler_cycles: int = option(1, "Restarts of cosine_with_restarts.")
     scheduler_power: float = option(1.0, "Power of the polynomial schedule's decay (1 is linear; kohya's "

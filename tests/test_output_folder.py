@@ -625,3 +625,18 @@ def test_a_lora_named_after_a_folder_called_output_says_how_to_name_it(tmp_path,
     assert main(["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "mychar" / "output"),
                  "--name", "mychar", "--max-steps", "1", "--overwrite"]) == 0
     assert "after its folder" not in capsys.readouterr().out
+
+
+def test_a_resumed_runs_toml_writes_its_numbers_as_a_fresh_one_does(tmp_path):
+    """decay_steps = 0 in a fresh run's .toml became 0.0 once resumed: a diff of the two showed a change that was
+    none."""
+    from lowvram.cli import main
+
+    out = tmp_path / "out"
+    assert main(["train", "--preset", "style", "--model", "tiny", "--data", "sample", "--output", str(out),
+                 "--max-steps", "1", "--checkpoint-every", "1"]) == 0
+    fresh = (out / "out.toml").read_text()
+    assert main(["train", "--config", str(out / "out.toml"), "--max-steps", "2", "--resume", "auto"]) == 0
+    resumed = (out / "out.toml").read_text()
+    assert [line for line in fresh.splitlines() if "_steps" in line and "max" not in line] == [
+        line for line in resumed.splitlines() if "_steps" in line and "max" not in line]
