@@ -204,3 +204,25 @@ def test_an_output_folder_held_by_another_run_is_refused_by_every_process(tmp_pa
     # (the other one may be ended by the launcher's SIGTERM first, which a process still loading takes at once)
     assert run.returncode != 0 and "75" in codes and "-9" not in codes, run.stderr[-3000:]
     assert len([line for line in run.stderr.splitlines() if "is in use by another lowvram run" in line]) == 1
+
+
+def test_a_process_of_a_launch_takes_the_lock_its_own_main_process_holds_for_its_own(tmp_path, monkeypatch):
+    """On GPUs (NCCL connects lazily) the main process may take the folder's lock before another process of the
+    same launch looked at it: that one refused the run as 'in use by another lowvram run', naming its main process."""
+    from lowvram.train.outdir import FolderLock
+
+    launch = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in launch.items():
+        monkeypatch.setenv(key, value)
+    held = FolderLock(tmp_path)  # (this process stands for the launch's main process)
+    held.acquire()
+    look = "from pathlib import Path; from lowvram.train.outdir import FolderLock; import sys; " \
+           "print(FolderLock(Path(sys.argv[1])).held_by_another())"
+    try:
+        for port, busy in (("29500", False), ("29501", True)):  # (the same launch; another launch's process)
+            env = {**os.environ, "MASTER_PORT": port, "RANK": "1"}
+            said = subprocess.run([sys.executable, "-c", look, str(tmp_path)], capture_output=True, text=True,
+                                  env=env, check=True).stdout.strip()
+            assert ("is in use by another lowvram run" in said) is busy, said
+    finally:
+        held.release()

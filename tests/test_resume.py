@@ -1027,3 +1027,20 @@ def test_checkpoints_every_epoch_come_with_each_epochs_end(tmp_path):
                      checkpoint_every="1e", keep_checkpoints=5))
     assert sorted(path.name for path in (tmp_path / "out" / "checkpoints").iterdir()) == [
         "step-000002", "step-000004", "step-000006"]  # two steps an epoch; the last at the end, as always
+
+
+def test_a_run_saving_by_epochs_trained_further_keeps_its_earlier_final_lora_under_its_epochs_name(tmp_path):
+    """--save-every 1e, then --epochs raised: the earlier final LoRA of epoch 2 was kept as <name>-step00000004, a
+    name of no epoch, which a kohya user picking the best epoch's save did not find."""
+    from PIL import Image
+
+    folder = tmp_path / "data" / "1_dot"
+    folder.mkdir(parents=True)
+    for n in range(2):
+        Image.new("RGB", (64, 64), (120 * n, 40, 40)).save(folder / f"{n}.png")
+    options = {"data": str(tmp_path / "data"), "output": str(tmp_path / "out"), "max_steps": None, "save_every": "1e"}
+    train(run_config(epochs=2, **options))
+    train(run_config(epochs=3, resume="auto", **options))
+    assert sorted(path.name for path in (tmp_path / "out").glob("*.safetensors")) == [
+        "out-000001.safetensors", "out-000002.safetensors", "out.safetensors"]
+    assert read_header(tmp_path / "out" / "out-000002.safetensors")[0]["ss_steps"] == "4"

@@ -244,7 +244,7 @@ def run_training(session: Session, dataset: Dataset | None) -> TrainResult:
         asked = signals.received is not None  # in the last step
         # a Ctrl-C as the last step ends (when it is most likely) lets the LoRA and its checkpoint be written
         with peaks.phase("saving"), StopOnSignal("writing the LoRA first, then stopping") as signals:
-            saved = save_final(session, trainee, dataset, lora_path, step, schedule.epochs_at(step),
+            saved = save_final(session, trainee, dataset, lora_path, step, schedule,
                                position if step > resumed_at else None, shape)
             copied = (publish.copy_final(config, lora_path, session.console, session.opened_at) if session.main
                       else None)

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -486,10 +487,11 @@ def _within(old: object, new: object) -> bool:
                for name, section in old.items())
 
 
-def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
+def keep_earlier_final_lora(lora: Path, step: int, trained: bool, save_name: Callable[[str, int], str] = step_save
+                            ) -> str | None:
     """Before a resumed run writes its final LoRA: the earlier one (a finished run trained further, or the end of
-    the branch a run resumed from an earlier checkpoint leaves) kept as the save point of its step, as the run
-    would have left it had it gone on. Where this run took no step (a finished or early-stopped run resumed) and
+    the branch a run resumed from an earlier checkpoint leaves) kept as the save point of its step (`save_name`:
+    an epoch's name where the run saves by epochs and it ended one), as the run would have left it had it gone on. Where this run took no step (a finished or early-stopped run resumed) and
     it is of the same step, it is the same file, written again."""
     if not lora.exists():
         return None
@@ -500,7 +502,7 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool) -> str | None:
         return f"moved the run's earlier final LoRA, unreadable ({exc}), to {kept}"
     if not trained and steps == str(step):
         return None
-    kept = lora.with_name(step_save(lora.stem, int(steps)) + LORA_SUFFIX) if steps.isdigit() else None
+    kept = lora.with_name(save_name(lora.stem, int(steps)) + LORA_SUFFIX) if steps.isdigit() else None
     samples = samples_of(lora)
     if kept is None or kept.exists():
         kept = move_to_archive(lora.parent, [lora, *samples]) / lora.name
@@ -644,6 +646,15 @@ LOCK_STALE_S = 180  # cannot be looked up) untouched this long is a gone run's: 
 LOCK_POLL_S = 2.0  # how often a run waiting for such a lock to go stale looks at it
 
 
+def launch_id() -> str | None:
+    """Which launch of accelerate's (torchrun's) this process is one of, alike in each of its processes on every
+    machine; None outside one. The main process takes the folder's lock once the process group forms, which on GPUs
+    (NCCL connects lazily) may come before another process has looked at it: that one must know it for its own."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return None
+    return ":".join(os.environ.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
+
+
 class FolderLock:
     """`<folder>/.lowvram.lock`, created exclusively, naming the process that holds it. A lock whose process is
     gone (killed, crashed, the machine restarted) is stale and taken over. Another machine cannot look that
@@ -657,7 +668,8 @@ class FolderLock:
     def acquire(self) -> None:
         make_folders(self.path.parent)
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "created": _process_created(os.getpid()),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "refreshed": True}
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "refreshed": True,
+                "launch": launch_id()}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -715,8 +727,8 @@ class FolderLock:
     def held_by_another(self) -> str | None:
         """The line a run stops at while another live process holds the folder (None: free, or a stale lock)."""
         holder = self._holder() if self.path.is_file() else None
-        if holder is None or not _alive(holder, self.path):
-            return None
+        if holder is None or not _alive(holder, self.path) or (holder.get("launch") and holder["launch"] == launch_id()):
+            return None  # (free, stale, or this launch's own main process's: taken before this one looked)
         where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
         return (f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}{where}, "
                 f"since {holder.get('since')}); wait for it to end, or choose another --output"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -321,17 +322,19 @@ class FinalSave(NamedTuple):
     checkpoint_missing: bool = False  # the end's checkpoint could not be written (a full disk): none to train on from
 
 
-def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, epochs: int,
+def save_final(session: Session, trainee: Trainee, dataset: Dataset, lora_path: Path, step: int, schedule: Schedule,
                position: checkpoint.Position | None, shape: TrainingShape) -> FinalSave:
     """The LoRA, then the end's checkpoint at `position` to train on from (None: this run took no step). A disk
     with room for one keeps the LoRA; one whose LoRA write fails (a file-size limit, a disk filled meanwhile) still
     gets the checkpoint where it fits, from which --resume writes the LoRA without another step."""
+    epochs = schedule.epochs_at(step)
     if session.main and session.config.training.resume:
         if position is None and written_already(session, trainee, dataset, lora_path, step, epochs, shape):
             session.console.print(f"{lora_path} holds step {step}'s LoRA of these options already: not written "
                                   "again (its file hash, which model sites key on, stays)", soft_wrap=True)
             return FinalSave(written=False)  # (and no checkpoint: this run took no step)
-        kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None)
+        kept = outdir.keep_earlier_final_lora(lora_path, step, trained=position is not None,
+                                              save_name=partial(save_point_name, schedule))
         if kept:
             session.console.print(kept, soft_wrap=True)
     try:
@@ -432,6 +435,14 @@ def evaluating(trainee: Trainee):
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)
+
+
+def save_point_name(schedule: Schedule, name: str, step: int) -> str:
+    """The name of run `name`'s LoRA at `step`, as --save-every names it: an epoch's (<name>-000003) where the run
+    saves by epochs and the step ends one it saves at, else the step's."""
+    every, done = schedule.save_every, schedule.epochs_done_at(step)
+    return epoch_save(name, done) if every and every[1] == "epochs" and done and done % every[0] == 0 else \
+        step_save(name, step)
 
 
 def is_save_point(every: tuple[int, str], step: int, schedule: Schedule) -> bool:
