@@ -780,11 +780,15 @@ def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Pat
             count = as_number(every_steps if by_steps else every_epochs,
                               f"{what}_every_n_{'steps' if by_steps else 'epochs'}", problem, int)
             values[f"{what}_every"] = str(count) if by_steps else f"{count}e"
-    if switched_on(left.get("save_state")) and values.get("save_every") not in (None, "0", "0e"):
+    try:  # (no positive interval: the save_every check names it)
+        saved_every = parse_save_every(values.get("save_every"))
+    except ValueError:
+        saved_every = None
+    if switched_on(left.get("save_state")) and saved_every:
         # kohya's state beside each LoRA saved, by epochs too: it said "lowvram's checkpoints come every 30
         # minutes", and a notebook's run killed in its first half hour could not resume
         values["checkpoint_every"] = values["save_every"]
-        every, unit = parse_save_every(values["save_every"])
+        every, unit = saved_every
         # kohya keeps the last N epochs' states, or those of the last N steps; else as many as the LoRAs it keeps
         kept = f"save_last_n_{unit}_state"
         if last_states := left.pop(kept, None):

@@ -1063,5 +1063,8 @@ def test_save_state_checkpoints_at_each_save_by_steps_and_by_epochs(tmp_path):
     values, notes = translate({"train_data_dir": "sample", "save_state": True, "save_every_n_epochs": 1,
                                "save_last_n_epochs": 4}, tmp_path / "k.toml")
     assert (values["keep_saves"], values["keep_checkpoints"]) == (4, 4)
+    for every in ("save_every_n_epochs", "save_every_n_steps"):  # (no interval: its own check names it, no traceback)
+        values, _ = translate({"train_data_dir": "sample", "save_state": True, every: -1}, tmp_path / "k.toml")
+        assert "checkpoint_every" not in values
     values, notes = translate({"train_data_dir": "sample", "save_every_n_steps": 50}, tmp_path / "k.toml")
     assert "checkpoint_every" not in values
