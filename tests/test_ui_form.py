@@ -947,7 +947,8 @@ def test_the_runs_log_names_the_pages_buttons_where_it_names_keys_and_commands(t
     from lowvram.train.outdir import continue_line
     from lowvram.ui.runs import TrainingProcess
 
-    folder, log = tmp_path / "my out", tmp_path / "ui-run.log"
+    folder, log = tmp_path / "it's my out", tmp_path / "ui-run.log"  # (an apostrophe: shell_line's quoting, which
+    # the page's words unquote)
     log.write_text("stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once)\n"
                    f"interrupted at step 3 of 30; continue with: {continue_line(folder, 'run')}\n")
     shown = TrainingProcess(log_path=log).log_tail()

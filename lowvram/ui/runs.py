@@ -34,14 +34,21 @@ PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over w
               "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again",
               # (a number box holding letters sends nothing: a field typed in was said to be '')
               "'' is invalid: expected a": "empty, or not a number (letters typed?): expected a"}
-CONTINUE_LINE = re.compile(r"lowvram train --config ('[^']*'|\S+) --resume auto")  # (shell_line quotes a space)
-OPTIONS_GIVEN = re.compile(r"--config ('[^']*'|\S+) gives them")
+QUOTED_WORD = r"((?:'[^']*'|\"[^\"]*\"|[^\s'\"])+)"  # a path as shell_line writes it: quoted where it must be
+CONTINUE_LINE = re.compile(rf"lowvram train --config {QUOTED_WORD} --resume auto")
+OPTIONS_GIVEN = re.compile(rf"--config {QUOTED_WORD} gives them")
 
 
 def in_page_words(text: str) -> str:
     """A line of the CLI's (an error, the run's log) as the page says it."""
     def path(match: re.Match) -> str:  # as the config file box takes it: unquoted
-        return shlex.split(match.group(1))[0]
+        word = match.group(1)
+        if os.name == "nt":  # (list2cmdline's quotes; a \ is a folder's)
+            return word.replace('"', "")
+        try:
+            return shlex.split(word)[0]
+        except ValueError:  # (not shell_line's: as it is)
+            return word
 
     text = CONTINUE_LINE.sub(lambda m: f"the Train tab's Resume (first Load .toml {path(m)}, where the form holds other "
                              "options)", text)
