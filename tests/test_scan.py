@@ -452,10 +452,16 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     photos.mkdir()
     shutil.move(solo / "IMG_0001.png", photos / "IMG_0001.png")
     bare = [note for note in scan_dataset(photos, TINY).folder_notes if note.startswith("every image trains on")]
-    assert bare == [("every image trains on an empty caption (no caption files, no --trigger-word, no N_name folder): "
+    assert bare == [("every image trains on an empty caption (no caption file with text, no --trigger-word, no N_name "
+                     "folder): "
                     "the LoRA then changes all the model draws, with no word to call it up; give --trigger-word (e.g. "
                     "ohwx) or a caption file per image")]
     assert not any(note.startswith("every image") for note in scan_dataset(photos, TINY, options).folder_notes)
+    # a caption file of another extension, named as the image (--caption-extension .tags): no stray caption said
+    (photos / "IMG_0001.tags").write_text("a dog on grass")
+    (photos / "notes.txt").write_text("shot in May")
+    assert not any("named as no image" in note for note in scan_dataset(
+        photos, TINY, ScanOptions(caption_extension=".tags")).folder_notes)
     shutil.rmtree(tmp_path / "solo")
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "

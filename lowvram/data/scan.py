@@ -233,8 +233,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     report = ScanReport(root, records, folder_notes, passed, more)
     if report.usable and not options.class_images and not any(record.caption for record in report.usable):
         # (a folder of photos given as it is: a LoRA of no word that shifts all the model draws, unsaid)
-        folder_notes.append("every image trains on an empty caption (no caption files, no --trigger-word, no N_name "
-                            "folder): the LoRA then changes all the model draws, with no word to call it up; give "
+        folder_notes.append("every image trains on an empty caption (no caption file with text, no --trigger-word, "
+                            "no N_name folder): the LoRA then changes all the model draws, with no word to call it up; give "
                             "--trigger-word (e.g. ohwx) or a caption file per image")
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
@@ -559,9 +559,11 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
             notes.append(f"{len(lone)} caption file(s) in {where or './'} without an image of the same name, read by "
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
         # none pairs: one captions.txt of every image's caption, or captions named otherwise (dog1.txt), trained none
+        # (where no file of another extension is named as an image either: --caption-extension .tags reads those)
+        beside = {name_key(p.stem) for p in entries if p.suffix.lower() not in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES)}
         unpaired = [p.name for p in captions if name_key(p.stem) not in read and p not in doubled
-                    and p.stem.lower() not in ("readme", "license")] if stems and not paired \
-            and image_folder.captions is None else []
+                    and p.stem.lower() not in ("readme", "license")] if stems and not paired and not (
+            beside & read) and image_folder.captions is None else []
         if unpaired:
             example = min(stems)
             notes.append(f"{len(unpaired)} caption file(s) in {where or './'} named as no image, so no image there "
