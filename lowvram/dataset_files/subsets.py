@@ -125,9 +125,10 @@ def settle(each: list[dict[str, Any]], notes: list[str], parts: str, written: li
     owns = [{key: fields_by_name()[key][1].default if value is None else value for key, value in settings.items()
              if key not in first or value != first[key]} for settings in each]
     for key in dict.fromkeys((names or {}).get(key, key) for own in owns for key in own):
-        shown = ", ".join(sorted({_shown(settings.get(key), key if written is None else None)
-                                  for settings in written or each}))
-        notes.append(f"{key}: the {parts} differ ({shown}); each trains its images with its own")
+        shown = sorted({_shown(settings.get(key), key if written is None else None) for settings in written or each})
+        if len(shown) > 1:  # (written alike, differing by another setting: kohya's keep_tokens of a subset whose
+            # tags no shuffle moves)
+            notes.append(f"{key}: the {parts} differ ({', '.join(shown)}); each trains its images with its own")
     return {key: value for key, value in first.items() if value is not None}, owns
 
 
