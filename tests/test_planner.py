@@ -321,6 +321,13 @@ def test_the_rank_offered_is_the_largest_that_fits_before_a_lower_resolution():
         assert result.choice is None and result.suggestions[0] == "--rank 128", result.suggestions
     _, fits = plan_options({"model": "sd15", "lora_layers": "full", "rank": 128}, hardware_for(None, "4GB", None))
     assert fits.choice is not None
+    # a --conv-rank given stays as given: the rank offered is one that fits beside it
+    _, given = plan_options({"model": "sd15", "lora_layers": "full", "rank": 256, "conv_rank": 256},
+                            hardware_for(None, "4GB", None))
+    offered = int(given.suggestions[0].split()[1])
+    _, taken = plan_options({"model": "sd15", "lora_layers": "full", "rank": offered, "conv_rank": 256},
+                            hardware_for(None, "4GB", None))
+    assert given.suggestions[0].startswith("--rank ") and taken.choice is not None, given.suggestions
 
 
 def test_the_table_marks_the_choice_in_words_and_shows_the_fastest_strategy_that_fits():

@@ -22,7 +22,7 @@ STRATEGY_OPTIONS = ("unet_weights", "gradient_checkpointing", "checkpoint_blocks
 def workload_for(run: ResolvedRun) -> Workload:
     """What the resolved run trains, for the estimator."""
     config = run.config
-    rank, conv_rank = config.network.rank, config.network.conv_rank_alpha[0]
+    rank, conv_rank = config.network.rank, config.network.conv_rank  # (None: --rank's, which a lower rank lowers)
     if run.blocks:  # every block counted at the largest rank: a bound, a few MiB of adapter weights and state over
         largest, conv_rank = run.blocks.largest_ranks()
         rank = max(largest, rank) if config.network.train_text_encoder else largest  # the encoders' is --rank

@@ -256,9 +256,9 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
     # the largest rank that fits, before a lower resolution: it offered rank 8 where 128 fitted, then a style LoRA
     # at half its resolution
     for rank in [2 ** power for power in range(10, 1, -1) if 2 ** power < work.rank]:
-        # (a --conv-rank left unset follows --rank: it stayed at 320 here, so rank 128 fitted nothing)
-        follows = work.conv_rank in (None, work.rank)
-        if (how := fits(replace(work, rank=rank, conv_rank=rank if follows else work.conv_rank))) is not None:
+        # (a --conv-rank left unset follows --rank: it stayed at 320 here, so rank 128 fitted nothing; a --conv-rank
+        # given stays as given)
+        if (how := fits(replace(work, rank=rank))) is not None:
             found.append(f"--rank {rank}{how}")
             break
     for resolution in range(work.resolution - 64, max(255, work.resolution // 2 - 1), -64):
