@@ -260,6 +260,10 @@ def test_existing_lora_is_not_overwritten_without_the_flag(tmp_path):
     with pytest.raises(LowvramError, match="exists; continue its run with --resume auto, start over with --overwrite"):
         train(run_config(output=str(tmp_path), max_steps=1, overwrite=False))
     assert result.lora_path.read_bytes() == before
+    # another rank: not told to continue with --resume auto, which refuses it as another run
+    with pytest.raises(LowvramError, match=r"exists; it is another run's \(--rank 4 there, 8 here\), start over with "
+                                           "--overwrite"):
+        train(run_config(output=str(tmp_path), max_steps=1, overwrite=False, rank=8))
 
 
 @pytest.mark.parametrize("options", [

@@ -224,7 +224,15 @@ def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
-        if checkpoint_folders.complete(checkpoint_folders.checkpoint_root(lora.parent)):
+        theirs = (read_record(lora.parent) or {}).get("recipe") or {}
+        # (told to continue with --resume auto, which then refused it as another run: the options read here)
+        ours = {"--rank": config.network.rank, "--network": config.network.network, "--seed": config.training.seed,
+                "--lora-layers": config.network.lora_layers, "--optimizer": config.optim.optimizer}
+        other = [f"{flag} {theirs[flag]} there, {value} here" for flag, value in ours.items()
+                 if flag in theirs and theirs[flag] != value]
+        if other:
+            go_on = f"it is another run's ({'; '.join(other)})"
+        elif checkpoint_folders.complete(checkpoint_folders.checkpoint_root(lora.parent)):
             go_on = "continue its run with --resume auto"
         elif read_record(lora.parent) is None:  # a copy, another tool's file: no run of lowvram's wrote it there
             go_on = f"no lowvram run is recorded there: {train_on_from(lora)}"
