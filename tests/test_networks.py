@@ -492,15 +492,21 @@ def test_a_fresh_loha_starts_as_lycoris_draws_it():
 
 def test_a_full_matrix_lokr_saves_in_fp16_with_lycoris_unread_alpha(tmp_path):
     """kohya_ss's full-rank LoKr (network_dim 100000): its alpha, LyCORIS's rank, is inf in fp16, and the run ended
-    'refusing to write ... non-finite values' with its weights lost. No reader scales a full matrix by it."""
+    'refusing to write ... non-finite values' with its weights lost; then it was written inf, and lowvram refused its
+    own file as broken. No reader scales a full matrix by it: kept in fp32, and read where inf (LyCORIS's own)."""
     runs = {precision: train(run_config(output=str(tmp_path / precision), max_steps=1, network="lokr", rank=100000,
                                         alpha=1, lokr_factor=8, save_precision=precision)).lora_path
             for precision in ("fp16", "fp32")}
     half, full = (load_file(str(runs[precision])) for precision in ("fp16", "fp32"))
     alphas = [key for key in half if key.endswith(".alpha")]
-    assert alphas and all(torch.isinf(half[key]) for key in alphas)
-    assert all(torch.isfinite(tensor).all() for key, tensor in half.items() if key not in alphas)
+    assert alphas and all(half[key].dtype == torch.float32 and half[key] == 100000 for key in alphas)
+    assert all(torch.isfinite(tensor).all() for key, tensor in half.items())
     assert all(torch.allclose(half[key].float(), full[key], rtol=1e-2, atol=1e-4) for key in half if key not in alphas)
+    assert lora_files.layers_problem(lora_files.by_layer(half)) is None
+    lycoris = half | {key: torch.tensor(float("inf"), dtype=torch.float16) for key in alphas}  # (LyCORIS's fp16 file)
+    assert lora_files.layers_problem(lora_files.by_layer(lycoris)) is None
+    diverged = lycoris | {next(key for key in half if key.endswith("lokr_w1")): torch.tensor(float("nan"))}
+    assert "holds NaN or infinite values" in lora_files.layers_problem(lora_files.by_layer(diverged))
 
 
 def declared_refusals() -> list[tuple[str, str]]:

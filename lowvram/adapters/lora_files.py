@@ -156,8 +156,14 @@ def kohya_unet_paths(unet: torch.nn.Module, family) -> dict[str, str]:
 
 
 def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All adapters in kohya/LyCORIS naming, with the trained alpha (diffusers' converter writes alpha = rank)."""
-    return {f"{base}.{key}": tensor.detach().to(dtype)
+    """All adapters in kohya/LyCORIS naming, with the trained alpha (diffusers' converter writes alpha = rank); an
+    alpha past the save precision's range stays fp32 (a full-rank LoKr's alpha = rank, 100000 in kohya_ss's preset,
+    was inf in fp16, and the file was refused as broken)."""
+    def stored(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        fits = not dtype.is_floating_point or tensor.abs().max() <= torch.finfo(dtype).max
+        return tensor.detach().to(dtype if key != "alpha" or fits else torch.float32)
+
+    return {f"{base}.{key}": stored(key, tensor)
             for base, (_, _, layer) in kohya_layers(model).items() for key, tensor in kohya_tensors(layer).items()}
 
 
@@ -642,7 +648,10 @@ def broken_layer(layers: dict[str, dict[str, torch.Tensor]]) -> str | None:
     """A layer no tool can apply, in words: NaN or infinite values (a diverged run's file, a bad download; applied,
     they turn every image black), or LoRA down and up weights of different ranks."""
     for base, own in layers.items():
-        bad = next((suffix for suffix, tensor in own.items() if tensor.is_floating_point()
+        # (a LoKr layer of two whole factors applies no alpha: LyCORIS saves alpha = rank, inf in fp16 at kohya_ss's
+        # full-rank 100000, which no tool reads)
+        unread = {"alpha"} if {"lokr_w1", "lokr_w2"} <= set(own) else set()
+        bad = next((suffix for suffix, tensor in own.items() if tensor.is_floating_point() and suffix not in unread
                     and not torch.isfinite(tensor).all()), None)
         if bad:
             return (f"holds NaN or infinite values at {base} ({bad}): the file is broken (a run that diverged, or a "
