@@ -90,11 +90,12 @@ def test_an_ai_toolkit_config_is_answered_with_its_lowvram_command(tmp_path, cap
 
 def test_ai_toolkits_names_typed_as_flags_name_lowvrams(capsys):
     """--caption_ext was "did you mean --caption-prefix?", --dtype "--network?", --num_repeats nothing."""
-    for flag, says in (("--caption_ext", "lowvram's is --caption-extension"),
-                       ("--dtype", "lowvram's is --mixed-precision"),
-                       ("--num_repeats", "lowvram has none (a folder named N_name trains its images N times")):
+    for flag, whose, says in (("--caption_ext", "ai-toolkit's", "lowvram's is --caption-extension"),
+                              ("--dtype", "ai-toolkit's", "lowvram's is --mixed-precision"),
+                              ("--num_repeats", "a kohya dataset file's and ai-toolkit's",
+                               "lowvram has none (a folder named N_name trains its images N times")):
         assert main(["train", "--model", "tiny", flag, "1"]) == 2
-        assert f"unknown option {flag} ({flag} is ai-toolkit's name; {says}" in capsys.readouterr().err
+        assert f"unknown option {flag} ({flag} is {whose} name; {says}" in capsys.readouterr().err
 
 
 def test_an_ai_toolkit_ui_config_makes_a_command_that_trains_as_it_did(tmp_path, capsys, monkeypatch):
