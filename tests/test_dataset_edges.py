@@ -670,3 +670,15 @@ def test_sentence_captions_a_shuffle_would_cut_are_said(tmp_path, capsys):
     assert main([*argv, "--preset", "character"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "note: 1 of 2 captions are sentences (in 10_style/a.png's" in said, said
+
+
+def test_a_folder_given_as_data_named_with_the_trigger_keeps_its_class_word(tmp_path):
+    """The diffusers scripts' instance folder, 'ohwx dog', given as --data with --trigger-word ohwx: its uncaptioned
+    images trained 'ohwx', without the class word the class prompt shares (as an N_name folder's keep it)."""
+    folder = tmp_path / "ohwx dog"
+    picture(folder / "a.png", (90, 80, 40))
+    report = captions_by_name(scan_dataset(folder, TINY, ScanOptions(trigger_word="ohwx")))
+    assert report["a.png"].caption == "ohwx dog"
+    other = tmp_path / "photos"  # (a folder not named with it: the trigger word alone, as before)
+    picture(other / "a.png", (90, 80, 40))
+    assert captions_by_name(scan_dataset(other, TINY, ScanOptions(trigger_word="ohwx")))["a.png"].caption == "ohwx"

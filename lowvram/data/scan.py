@@ -739,10 +739,10 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         text, notes, non_utf8 = read_caption_file(image, options.caption_extension)
     weights: tuple[float, ...] = ()
     if text is None:  # (a kohya folder named with the trigger, 10_ohwx dog, keeps its class word as kohya's does;
-        # not a OneTrainer concept's display name)
+        # a folder given as --data so named too, as the diffusers scripts' instance folder, and a kohya subset's
+        # class_tokens; not a OneTrainer concept's display name)
         label = folder.label if folder.label_captions else ""
-        named = options.trigger_word and label and repeats_of(Path(folder.path).name) and has_word(
-            label.replace("_", " "), options.trigger_word)
+        named = options.trigger_word and label and has_word(label.replace("_", " "), options.trigger_word)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:
