@@ -417,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     for side in ("width", "height"):
         gen.add_argument(f"--{side}", type=int, default=None, help=f"image {side} in pixels, as --resolution "
                          "(AUTOMATIC1111's; the prompt's --" + side[0] + " wins) [default: --resolution]")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the first image, 0 to 4294967295; -1 draws one "
-                     "and prints it [default: 0]")
+    gen.add_argument("--seed", type=int, default=None, help="seed of the first image, 0 to 4294967295; -1 draws "
+                     "one and prints it [default: 0; in an output folder, the number its first image takes (00040.png: "
+                     "40), so that images added later differ]")
     gen.add_argument("--clip-skip", type=int, choices=(1, 2, 3, 4), help="CLIP layers skipped from the end, as "
                      "train's --clip-skip [default: the LoRA's, else 1]")
     gen.add_argument("--sampler", type=_spelled_by(sampler_name), default=None,

@@ -63,8 +63,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
     args.prompt, clip_skip = _generation_data(args.prompt, args.model)
     if clip_skip and not args.clip_skip:
         args.clip_skip = clip_skip
-    prompt, sources, problems = _read_options(args)
     paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
+    if args.seed is None:  # (class images added to a folder were copies of the first ones, each seed 0 on again)
+        args.seed = int(paths[0].stem) if folder else 0
+    prompt, sources, problems = _read_options(args)
     args.output = paths[0] if folder else args.output
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),
                                             *(path for path, _ in sources)])

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from lowvram.cli import build_parser, main
 from lowvram.data.sample import write_sample_dataset
+from lowvram.generate import parameters_of
 from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.models.loading import load_model
 from lowvram.train.loop import train
@@ -99,6 +100,9 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     assert main([*BASE, "--output", str(tmp_path / "previews")]) == 0
     assert main([*BASE, "--output", str(tmp_path / "previews"), "--count", "2"]) == 0
     assert sorted(path.name for path in (tmp_path / "previews").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    # each image's seed is its number there: images added later are new ones (class images topped up were copies)
+    made = {path.name: path.read_bytes() for path in (tmp_path / "previews").iterdir()}
+    assert len(set(made.values())) == 3 and "Seed: 2," in parameters_of(tmp_path / "previews" / "00002.png")
     assert main([*BASE, "--output", f"{tmp_path / 'outputs' / 'txt2img-images'}/"]) == 0
     assert [path.name for path in (tmp_path / "outputs" / "txt2img-images").iterdir()] == ["00000.png"]
     (tmp_path / "taken.png").write_bytes(b"")
