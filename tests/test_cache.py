@@ -535,6 +535,15 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert (f"warning: 1 class image(s) are copies of training images ({copy} is {next(first.glob('*.png'))}): each "
             "trains as the subject and as its class") in " ".join(capsys.readouterr().out.split())
     copy.unlink()
+    # class images captioned with the trigger word (a class folder named as the instance's): prior preservation
+    # then trains the subject's word on other images of its class, unsaid
+    (tmp_path / "reg3" / "1_shape").rename(tmp_path / "reg3" / "1_lvshape thing")
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--trigger-word", "lvshape"]) == 0
+    assert "warning: 3 class image(s) are captioned with the trigger word 'lvshape' (1_lvshape thing/" in " ".join(
+        capsys.readouterr().out.split())
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3")]) == 0  # (no trigger word: nothing to say)
+    assert "captioned with the trigger word" not in capsys.readouterr().out
+    (tmp_path / "reg3" / "1_lvshape thing").rename(tmp_path / "reg3" / "1_shape")
     # class images that train nothing are a warning, and add nothing to the plan's epoch
     assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--prior-loss-weight", "0"]) == 0
     assert ("warning: regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples "

@@ -165,8 +165,9 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
         reports.append(scan(run, Path(config.data.reg_data), None, console, regularization=True))
     elif has_regularization_subsets(config.data.data):
         reports.append(scan(run, data, None, console, regularization=True))
-    if len(reports) > 1 and console is not None and (note := class_copies_note(reports[0], reports[1])):
-        console.print(Text(note, style="yellow"), soft_wrap=True)
+    if len(reports) > 1 and console is not None:
+        for note in filter(None, [class_copies_note(reports[0], reports[1]), class_trigger_note(reports[1], trigger)]):
+            console.print(Text(note, style="yellow"), soft_wrap=True)
     held_out, records = [], reports[0].usable
     if config.validation.validation_data:  # (its images inside the dataset's are held out of training too)
         held_out = scan(run, Path(config.validation.validation_data), trigger, console).usable
@@ -184,6 +185,18 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str | None:
+    """Class images captioned with the trigger word (a class folder named 1_ohwx dog, caption files of the instance):
+    prior preservation then teaches the subject's word on other images of its class, the mistake the kohya and
+    diffusers guides warn of; None where none is."""
+    named = [record for record in regularization.usable if trigger and has_word(record.caption, trigger)]
+    if not named:
+        return None
+    return (f"warning: {len(named)} class image(s) are captioned with the trigger word '{trigger}' ({named[0].relpath}: "
+            f"'{named[0].caption}'): prior preservation then trains the subject's word on other images of its class; "
+            "caption them with the class alone (a folder named 1_dog, or --class-prompt 'a photo of a dog')")
 
 
 def class_copies_note(training: ScanReport, regularization: ScanReport) -> str | None:
@@ -497,7 +510,8 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         reports[-1].print_summary(console, verbose, regularization=True)
         if captions:
             reports[-1].print_captions(console, run.config.data.caption_separator)
-        if note := class_copies_note(report, reports[-1]):
+        for note in filter(None, [class_copies_note(report, reports[-1]),
+                                  class_trigger_note(reports[-1], run.config.data.trigger_word)]):
             console.print(Text(note, style="yellow"), soft_wrap=True)
         epochs = counted_epochs(run, report.usable, reports[-1].usable)
         balance = regularization_balance(epochs)
