@@ -534,6 +534,25 @@ def test_checking_a_folder_without_images_says_so_in_the_clis_words(tmp_path):
     assert usable == []
 
 
+def test_checking_a_dataset_checks_its_class_images_too(tmp_path, sample_data):
+    """The form's --reg-data was left out: an empty class folder, or one named with the trigger word, checked
+    clean, where check-data --reg-data refuses the one and warns of the other."""
+    from PIL import Image
+
+    from lowvram.ui import dataset as data_panel
+
+    (tmp_path / "reg" / "1_lvshape thing").mkdir(parents=True)
+    values = {"data": str(sample_data), "reg_data": str(tmp_path / "reg"), "model": "tiny"}
+    shown = data_panel.check_dataset(values)[0].replace("\\", "")
+    assert "**error:** --reg-data: no images (.png, .jpg" in shown, shown
+    for n in range(3):
+        Image.new("RGB", (64, 64), (60 * n, 30, 30)).save(tmp_path / "reg" / "1_lvshape thing" / f"{n}.png")
+    shown = data_panel.check_dataset(values | {"trigger_word": "lvshape"})[0].replace("\\", "")
+    assert "class images (--reg-data): 3 usable, 0 skipped" in shown
+    assert "regularization: its 3 samples are repeated to 30 each epoch" in shown
+    assert "warning: 3 class image(s) are captioned with the trigger word 'lvshape'" in shown
+
+
 def test_checking_the_sample_dataset_checks_the_built_in_one(tmp_path, monkeypatch):
     from lowvram.ui import dataset as data_panel
 

@@ -46,20 +46,38 @@ def check_dataset(values: dict[str, Any]):
     summary = _summary(report)
     if unusable is not None:
         summary = error_lines(str(unusable)) + "\n\n" + summary
+    classes = None  # (what the class images are: --reg-data's, or a dataset file's is_reg subsets)
     if is_dataset_file(data):  # a dataset file: what was made of its settings, and its is_reg subsets
         dataset = read_dataset(data)
         summary += "".join(f"\n\n- {data.name}: {note}" for note in dataset.notes)
-        if dataset.folders(regularization=True):
-            try:
-                reg = scan(run, data, None, None, regularization=True)
-                summary += f"\n\nis_reg subsets: {len(reg.usable)} usable, {len(reg.skipped)} skipped"
-            except NoUsableImages as exc:
-                summary += f"\n\nis_reg subsets: {exc}"
+        classes = (data, "is_reg subsets") if dataset.folders(regularization=True) else None
+    elif run.config.data.reg_data:  # (it was left out: an empty or trigger-named class folder checked clean)
+        classes = (Path(run.config.data.reg_data), "class images (--reg-data)")
+    if classes:
+        summary += _class_images(run, report, *classes)
     # the caption file each image's captions are edited in: its subset's --caption-extension (a kohya dataset file
     # sets one per subset), else the run's, the dataset file's own included
     extensions = {r.relpath: dict(r.settings).get("caption_extension", run.config.data.caption_extension)
                   for r in report.usable}
     return summary, rows, [r.relpath for r in report.usable], data, extensions
+
+
+def _class_images(run, report, where: Path, what: str) -> str:
+    """The class images' lines, as check-data --reg-data says them: how many, the balance an epoch makes of them,
+    and what is wrong with them (copies of training images, the trigger word in their captions)."""
+    from lowvram.data.check import class_copies_note, class_trigger_note, scan
+    from lowvram.data.epochs import counted_epochs, regularization_balance
+    from lowvram.data.scan import NoUsableImages
+
+    try:
+        reg = scan(run, where, None, None, regularization=True)
+    except NoUsableImages as exc:
+        return "\n\n" + error_lines(str(exc) if str(exc).startswith("--") else f"{what}: {exc}")
+    lines = [f"{what}: {len(reg.usable)} usable, {len(reg.skipped)} skipped"]
+    if report.usable:
+        lines.append(regularization_balance(counted_epochs(run, report.usable, reg.usable)))
+    notes = [class_copies_note(report, reg), class_trigger_note(reg, run.config.data.trigger_word)]
+    return "".join(f"\n\n{line}" for line in lines) + "".join(f"\n\n- {note}" for note in notes if note)
 
 
 def _summary(report) -> str:
