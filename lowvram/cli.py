@@ -200,6 +200,17 @@ def auto_strategy(config, values: dict, vram: str | None, ram: str | None = None
     return apply_choice(config, result.choice)
 
 
+def dry_run_blocks(config) -> None:
+    """Per-block lists the model's blocks do not match, refused as the run refuses them (--dry-run said nothing of
+    three values for 25 blocks, and exited 0): the family from the model's name or header, no weights loaded."""
+    from lowvram.adapters.blocks import BLOCK_OPTIONS, block_plan
+    from lowvram.models.detect import detect_family
+
+    if any(getattr(config.network, name) is not None for name in BLOCK_OPTIONS):
+        family = detect_family(config.model.model, config.model.model_family)
+        block_plan(config.network, family.blocks, family.title)
+
+
 def print_run_options(config, auto: bool) -> None:
     """train --dry-run: every option the run would train with, as its <name>.toml holds them."""
     import tomli_w
@@ -473,6 +484,7 @@ def _run_command(argv: list[str] | None) -> int:
                     if size:
                         parse_size(size, flag)  # wrong on any machine, one without a GPU too
                 if args.dry_run:  # (what a kohya_ss user compares with what kohya would do, before a GPU hour)
+                    dry_run_blocks(config)
                     print_run_options(config, args.auto)
                     return 0
                 if unwritable(config.output_dir):

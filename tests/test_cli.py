@@ -94,6 +94,16 @@ def test_plan_says_where_the_default_length_is_a_short_run_for_a_real_model(tmp_
         assert (note in " ".join(capsys.readouterr().out.split())) is said
 
 
+def test_a_dry_run_refuses_block_lists_the_models_blocks_do_not_match(tmp_path, capsys):
+    """--dry-run printed the config of three values for SD1.5's 25 blocks and exited 0; the run refused it."""
+    argv = ["train", "--model", "sd15", "--data", "sample", "--output", str(tmp_path / "out"), "--dry-run"]
+    assert main([*argv, "--block-ranks", "4,4,4"]) == 2
+    assert capsys.readouterr().err.strip() == ("lowvram train: error: --block-ranks: 3 values given; Stable Diffusion "
+                                               "1.5 has 25 blocks (IN00, IN01, IN02, ..., OUT11): give one value for "
+                                               "each")
+    assert main([*argv, "--block-ranks", ",".join(["4"] * 25)]) == 0
+
+
 def test_under_accelerate_launch_the_main_process_alone_tells_an_option_error_and_a_note(monkeypatch, capsys):
     """Every process of `accelerate launch` reads the same options: one copy of each line, not one per process."""
     argv = ["train", "--model", "tiny", "--data", "sample", "--preset", "style", "--rank", "4", "--lr", "-1"]
