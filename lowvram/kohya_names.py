@@ -437,6 +437,17 @@ AI_TOOLKIT_NAMES = {f"--{key}": flag for (_, key), flag in AI_TOOLKIT_FLAGS.item
     "--linear_alpha": "--alpha (ai-toolkit's default is 1)",
 }
 
+# kohya's network_args for LyCORIS (algo=loha conv_dim=8) typed as flags of their own
+LYCORIS_ARGS = {
+    "--conv_dim": "--conv-rank (with --lora-layers full, which adapts the convolutions)",
+    "--conv_alpha": "--conv-alpha",
+    "--algo": "--network (loha or lokr; LoCon is --network lora --lora-layers full)",
+    "--dora_wd": "--network dora",
+    "--use_tucker": "(LoCon's Tucker cores are read from files, not trained)",
+    "--use_scalar": "(not trained)",
+    "--train_norm": "(norm layers are not trained)",
+}
+
 # the few of those that a kohya config names otherwise, value for value (a kohya config that holds theirs is told
 # kohya's key)
 KOHYA_EQUIVALENTS = {"--lora_rank": "network_dim", "--lora_alpha": "network_alpha",
@@ -463,6 +474,8 @@ def kohya_hint(flag: str, command: str = "train", flags: Collection[str] | None 
     elif key in OTHER_TRAINER_FLAGS:  # (--use_8bit_adam: sd-scripts' too, its command pasted is kohya's)
         whose = "kohya's" if key.lstrip("-") in SD_SCRIPTS_SETTINGS else "the diffusers scripts' or SimpleTuner's"
         ours = OTHER_TRAINER_FLAGS[key]
+    elif key in LYCORIS_ARGS:
+        whose, ours = "LyCORIS's network_args", LYCORIS_ARGS[key]
     elif key in AI_TOOLKIT_NAMES:  # (num_repeats: the kohya Colab notebooks' word too, from kohya's dataset files)
         whose = "a kohya dataset file's and ai-toolkit's" if key == "--num_repeats" else "ai-toolkit's"
         ours = AI_TOOLKIT_NAMES[key]
@@ -491,7 +504,7 @@ def is_other_tools_flag(flag: str, command: str = "train") -> bool:
     _, key = _typed_and_key(flag)
     tables = (KOHYA_SCRIPT_FLAGS[command][1], A1111_GENERATE_FLAGS if command == "generate" else {}) \
         if command in KOHYA_SCRIPT_FLAGS else (
-        KOHYA_FLAGS, OTHER_TRAINER_FLAGS, AI_TOOLKIT_NAMES, WITHOUT_COUNTERPART)
+        KOHYA_FLAGS, OTHER_TRAINER_FLAGS, AI_TOOLKIT_NAMES, WITHOUT_COUNTERPART, LYCORIS_ARGS)
     return any(key in table for table in tables)
 
 

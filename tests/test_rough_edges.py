@@ -31,7 +31,14 @@ from lowvram.doctor import _auto_line, _cache_line, _gpu_line
 from lowvram.errors import LowvramError
 from lowvram.files import human_size
 from lowvram.hardware import NO_GPU, Hardware, behind_windows_driver, detect, hardware_for, load_profile
-from lowvram.kohya_names import KOHYA_FLAGS, KOHYA_SCRIPT_FLAGS, OTHER_TRAINER_FLAGS, WITHOUT_COUNTERPART, named_flags
+from lowvram.kohya_names import (
+    KOHYA_FLAGS,
+    KOHYA_SCRIPT_FLAGS,
+    LYCORIS_ARGS,
+    OTHER_TRAINER_FLAGS,
+    WITHOUT_COUNTERPART,
+    named_flags,
+)
 from lowvram.models import load_model
 from lowvram.models.ldm_layout import sd15_single_file
 from lowvram.resolve import default_cache_dir
@@ -339,6 +346,18 @@ def test_every_kohya_name_points_at_a_real_option_and_the_readme_shows_the_table
         named = re.findall(r"--[a-z0-9-]+", ours)
         assert all(flag in train_flags for flag in named), (kohya, ours)
         assert f"| `{kohya}` |" in readme, kohya
+    for lycoris, ours in LYCORIS_ARGS.items():  # (LyCORIS's network_args typed as flags: --conv_dim 8)
+        assert lycoris not in train_flags and all(flag in train_flags for flag in named_flags(ours)), lycoris
+
+
+def test_lycoris_network_args_typed_as_flags_name_lowvrams(capsys):
+    """--conv-dim 8, --algo loha, --dora-wd: 'unknown option' alone."""
+    from lowvram.cli import main
+
+    for typed, says in (("--conv-dim", "lowvram's is --conv-rank (with --lora-layers full"),
+                        ("--algo", "lowvram's is --network (loha or lokr"), ("--dora_wd", "lowvram's is --network dora")):
+        assert main(["train", "--model", "tiny", "--data", "sample", typed, "1"]) == 2
+        assert f"unknown option {typed} ({typed} is LyCORIS's network_args name; {says}" in capsys.readouterr().err
 
 
 def command_flags(command: str) -> set[str]:
