@@ -64,7 +64,8 @@ def test_bad_size_and_unknown_profile_are_named():
     with pytest.raises(LowvramError, match="--vram: '512' alone would be read in GB; write 512MB for megabytes, or "):
         parse_size("512", "--vram")  # it was taken as 512 GB, unsaid
     assert parse_size("512GB", "--vram") == 512 * GIB and parse_size("512", "--ram") == 512 * GIB
-    with pytest.raises(LowvramError, match="--profile: no profile 'rtx-9090'; profiles are .*colab-t4"):
+    with pytest.raises(LowvramError, match=r"--profile: no profile 'rtx-9090' \(did you mean rtx-\d090-24gb\?\); "
+                                           "profiles are .*colab-t4"):
         load_profile("rtx-9090")
     with pytest.raises(LowvramError, match="can't use both"):
         hardware_for("colab-t4", "6GB", None)
