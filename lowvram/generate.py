@@ -65,7 +65,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
         args.clip_skip = clip_skip
     paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
     if args.seed is None:  # (class images added to a folder were copies of the first ones, each seed 0 on again)
-        args.seed = int(paths[0].stem) if folder else 0
+        number = int(paths[0].stem) if folder else 0  # (a timestamp's name, 20240101123456.png, passes the seeds')
+        args.seed = number if number + args.count - 1 <= MAX_SEED else 0
     prompt, sources, problems = _read_options(args)
     args.output = paths[0] if folder else args.output
     problem = _output_problem(args, paths, [Path(args.model), *([Path(args.vae)] if args.vae else []),

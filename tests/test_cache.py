@@ -544,6 +544,10 @@ def test_check_data_scans_the_regularization_folder_and_says_how_an_epoch_pairs_
     assert main([*argv, "--reg-data", str(tmp_path / "reg3")]) == 0  # (no trigger word: nothing to say)
     assert "captioned with the trigger word" not in capsys.readouterr().out
     (tmp_path / "reg3" / "1_lvshape thing").rename(tmp_path / "reg3" / "1_shape")
+    # the trigger word in a --caption-prefix: the prefix's, not the class folder's (whose name it blamed)
+    assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--trigger-word", "lvshape", "--caption-prefix",
+                 "lvshape,"]) == 0
+    assert "captioned with the trigger word" not in capsys.readouterr().out
     # class images that train nothing are a warning, and add nothing to the plan's epoch
     assert main([*argv, "--reg-data", str(tmp_path / "reg3"), "--prior-loss-weight", "0"]) == 0
     assert ("warning: regularization: its 3 samples are repeated to 30 each epoch, to match the 30 training samples "

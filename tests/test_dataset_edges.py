@@ -679,6 +679,8 @@ def test_a_folder_given_as_data_named_with_the_trigger_keeps_its_class_word(tmp_
     picture(folder / "a.png", (90, 80, 40))
     report = captions_by_name(scan_dataset(folder, TINY, ScanOptions(trigger_word="ohwx")))
     assert report["a.png"].caption == "ohwx dog"
-    other = tmp_path / "photos"  # (a folder not named with it: the trigger word alone, as before)
-    picture(other / "a.png", (90, 80, 40))
-    assert captions_by_name(scan_dataset(other, TINY, ScanOptions(trigger_word="ohwx")))["a.png"].caption == "ohwx"
+    for name in ("photos", "ohwx_photos", "my-ohwx-set"):  # (not of its words: the trigger word alone, as before)
+        other = tmp_path / name
+        picture(other / "a.png", (90, 80, 40))
+        assert captions_by_name(scan_dataset(other, TINY, ScanOptions(trigger_word="ohwx")))["a.png"].caption == \
+            "ohwx", name

@@ -103,6 +103,10 @@ def test_generate_writes_the_format_its_extension_names(tmp_path, capsys):
     # each image's seed is its number there: images added later are new ones (class images topped up were copies)
     made = {path.name: path.read_bytes() for path in (tmp_path / "previews").iterdir()}
     assert len(set(made.values())) == 3 and "Seed: 2," in parameters_of(tmp_path / "previews" / "00002.png")
+    (tmp_path / "stamped").mkdir()  # a timestamp's name past the seeds: seed 0 (it was refused as a --seed given)
+    Image.new("RGB", (8, 8)).save(tmp_path / "stamped" / "20240101123456.png")
+    assert main([*BASE, "--output", str(tmp_path / "stamped")]) == 0
+    assert "Seed: 0," in parameters_of(tmp_path / "stamped" / "20240101123457.png")
     assert main([*BASE, "--output", f"{tmp_path / 'outputs' / 'txt2img-images'}/"]) == 0
     assert [path.name for path in (tmp_path / "outputs" / "txt2img-images").iterdir()] == ["00000.png"]
     (tmp_path / "taken.png").write_bytes(b"")

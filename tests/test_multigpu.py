@@ -226,3 +226,12 @@ def test_a_process_of_a_launch_takes_the_lock_its_own_main_process_holds_for_its
             assert ("is in use by another lowvram run" in said) is busy, said
     finally:
         held.release()
+    # another machine's launch of accelerate's defaults (the same none:127.0.0.1:29500) on a shared disk is another
+    # run: its lock was taken over as this launch's own
+    lock = tmp_path / ".lowvram.lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "node-b", "refreshed": True, "since": "now",
+                                "launch": "none:127.0.0.1:29500"}))
+    env = {**os.environ, "RANK": "1"}
+    said = subprocess.run([sys.executable, "-c", look, str(tmp_path)], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip()
+    assert "is in use by another lowvram run (pid 1 on node-b" in said, said

@@ -462,6 +462,8 @@ def test_folder_conventions_captions_and_trigger_word(tmp_path):
     (photos / "notes.txt").write_text("shot in May")
     assert not any("named as no image" in note for note in scan_dataset(
         photos, TINY, ScanOptions(caption_extension=".tags")).folder_notes)
+    (photos / "IMG_0001.tags").rename(photos / "IMG_0001.npz")  # (a latent cache's file is no caption of it)
+    assert any("named as no image" in note for note in scan_dataset(photos, TINY).folder_notes)
     shutil.rmtree(tmp_path / "solo")
     # kohya reads only the N_name folders: the top-level image trains here, and the scan says so
     assert any("1 image(s) at the top level beside the N_name folders (top.png) train once each per epoch; kohya "

@@ -551,6 +551,8 @@ def test_checking_a_dataset_checks_its_class_images_too(tmp_path, sample_data):
     assert "class images (--reg-data): 3 usable, 0 skipped" in shown
     assert "regularization: its 3 samples are repeated to 30 each epoch" in shown
     assert "warning: 3 class image(s) are captioned with the trigger word 'lvshape'" in shown
+    shown = data_panel.check_dataset(values | {"prior_loss_weight": 0})[0].replace("\\", "")
+    assert "warning: regularization: its 3 samples are repeated to 30 each epoch" in shown, shown
 
 
 def test_checking_the_sample_dataset_checks_the_built_in_one(tmp_path, monkeypatch):

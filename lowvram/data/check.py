@@ -191,7 +191,9 @@ def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str |
     """Class images captioned with the trigger word (a class folder named 1_ohwx dog, caption files of the instance):
     prior preservation then teaches the subject's word on other images of its class, the mistake the kohya and
     diffusers guides warn of; None where none is."""
-    named = [record for record in regularization.usable if trigger and has_word(record.caption, trigger)]
+    # (its own caption: a --caption-prefix of the trigger word is the prefix's, whose fix is another)
+    named = [record for record in regularization.usable if trigger and has_word(
+        record.caption if record.own_caption is None else record.own_caption, trigger)]
     if not named:
         return None
     return (f"warning: {len(named)} class image(s) are captioned with the trigger word '{trigger}' ({named[0].relpath}: "

@@ -560,7 +560,8 @@ def _list_files(root: Path, folders: list[ImageFolder], container: str, root_jud
                          f"none: {', '.join(lone[:5])}{' ...' if len(lone) > 5 else ''} (an image renamed?)")
         # none pairs: one captions.txt of every image's caption, or captions named otherwise (dog1.txt), trained none
         # (where no file of another extension is named as an image either: --caption-extension .tags reads those)
-        beside = {name_key(p.stem) for p in entries if p.suffix.lower() not in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES)}
+        beside = {name_key(p.stem) for p in entries  # (a caption of another extension; not a latent cache's .npz)
+                  if p.suffix.lower() not in (*IMAGE_SUFFIXES, *UNSUPPORTED_SUFFIXES, *SILENT_SUFFIXES)}
         unpaired = [p.name for p in captions if name_key(p.stem) not in read and p not in doubled
                     and p.stem.lower() not in ("readme", "license")] if stems and not paired and not (
             beside & read) and image_folder.captions is None else []
@@ -742,7 +743,9 @@ def _caption(image: Path, folder: ImageFolder, options: ScanOptions
         # a folder given as --data so named too, as the diffusers scripts' instance folder, and a kohya subset's
         # class_tokens; not a OneTrainer concept's display name)
         label = folder.label if folder.label_captions else ""
-        named = options.trigger_word and label and has_word(label.replace("_", " "), options.trigger_word)
+        named = options.trigger_word and label and (
+            has_word(label.replace("_", " "), options.trigger_word) if repeats_of(Path(folder.path).name)
+            else options.trigger_word in label.split(" "))  # (its words: not ohwx_photos, my-ohwx-set, ohwx_v2)
         lines = [options.caption_template.format(trigger=folder.label if named else options.trigger_word or label,
                                                  filename=image.stem.replace("_", " ")).strip()]  # (as SimpleTuner)
     else:

@@ -226,8 +226,9 @@ def existing_lora_problem(config) -> str | None:
     if lora.exists() and not config.output.overwrite and not config.training.resume:
         theirs = (read_record(lora.parent) or {}).get("recipe") or {}
         # (told to continue with --resume auto, which then refused it as another run: the options read here)
+        # (not the optimizer: --auto picks it after this check)
         ours = {"--rank": config.network.rank, "--network": config.network.network, "--seed": config.training.seed,
-                "--lora-layers": config.network.lora_layers, "--optimizer": config.optim.optimizer}
+                "--lora-layers": config.network.lora_layers}
         other = [f"{flag} {theirs[flag]} there, {value} here" for flag, value in ours.items()
                  if flag in theirs and theirs[flag] != value]
         if other:
@@ -663,6 +664,15 @@ def launch_id() -> str | None:
     return ":".join(os.environ.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def _this_launch(holder: dict) -> bool:
+    """Whether a lock's holder is this launch's main process: the same launch id, on this machine (every launch of
+    accelerate's on one machine is none:127.0.0.1:29500 by default: two machines' on a shared disk are two), or
+    anywhere where the launcher names its rendezvous."""
+    ours = launch_id()
+    return bool(ours) and holder.get("launch") == ours and (holder.get("host") == socket.gethostname()
+                                                           or not ours.startswith("none:"))
+
+
 class FolderLock:
     """`<folder>/.lowvram.lock`, created exclusively, naming the process that holds it. A lock whose process is
     gone (killed, crashed, the machine restarted) is stale and taken over. Another machine cannot look that
@@ -735,7 +745,7 @@ class FolderLock:
     def held_by_another(self) -> str | None:
         """The line a run stops at while another live process holds the folder (None: free, or a stale lock)."""
         holder = self._holder() if self.path.is_file() else None
-        if holder is None or not _alive(holder, self.path) or (holder.get("launch") and holder["launch"] == launch_id()):
+        if holder is None or not _alive(holder, self.path) or _this_launch(holder):
             return None  # (free, stale, or this launch's own main process's: taken before this one looked)
         where = "" if holder.get("host") == socket.gethostname() else f" on {holder.get('host')}"
         return (f"--output: {self.path.parent} is in use by another lowvram run (pid {holder.get('pid')}{where}, "

@@ -34,7 +34,8 @@ PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over w
               "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again",
               # (a number box holding letters sends nothing: a field typed in was said to be '')
               "'' is invalid: expected a": "empty, or not a number (letters typed?): expected a"}
-QUOTED_WORD = r"((?:'[^']*'|\"[^\"]*\"|[^\s'\"])+)"  # a path as shell_line writes it: quoted where it must be
+# a path as shell_line writes it: quoted where it must be (Windows' list2cmdline: in double quotes alone)
+QUOTED_WORD = r"((?:\"[^\"]*\"|[^\s\"])+)" if os.name == "nt" else r"((?:'[^']*'|\"[^\"]*\"|[^\s'\"])+)"
 CONTINUE_LINE = re.compile(rf"lowvram train --config {QUOTED_WORD} --resume auto")
 OPTIONS_GIVEN = re.compile(rf"--config {QUOTED_WORD} gives them")
 
