@@ -611,8 +611,9 @@ class OutputConfig:
                                  "LoRA lists; several runs' LoRAs can share the folder (OneTrainer's "
                                  "output_model_destination). A file of another run there is replaced only with "
                                  "--overwrite, and then moved to --output's archive/.", metavar="PATH")
-    format: str = option("kohya", "kohya: one .safetensors that ComfyUI, AUTOMATIC1111 and diffusers load; "
-                         "diffusers: also a diffusers/PEFT folder with adapter metadata.", choices=FORMATS,
+    format: str = option("kohya", "kohya: one .safetensors that ComfyUI and AUTOMATIC1111 load (and diffusers, but "
+                         "for LoHa and LoKr); diffusers: also a diffusers/PEFT folder with adapter metadata.",
+                         choices=FORMATS,
                          spelling=format_name)
     save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e'); 0: no.",
                                     metavar="N[e]")
