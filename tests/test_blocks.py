@@ -167,6 +167,8 @@ def lowvram_plan(*argv: str) -> subprocess.CompletedProcess:
     (["--block-alphas", "-1"], "--block-alphas: '-1' holds a negative value"),
     (["--conv-block-ranks", "4"], "--conv-block-ranks: only --lora-layers full adapts the 3x3 convolutions"),
     (["--mid-lr-weight", "fast"], "--mid-lr-weight: 'fast' is not comma-separated numbers"),
+    (["--down-lr-weight", "cosin"], ("--down-lr-weight: 'cosin' is not comma-separated numbers (e.g. 4,4,8), or a "
+                                     "curve: cosine, sine, linear, reverse_linear, zeros (did you mean cosine?)")),
 ])
 def test_a_wrong_block_list_is_one_line_naming_the_option(argv, message):
     done = lowvram_plan(*argv)

@@ -340,7 +340,8 @@ def test_kohyas_per_block_ranks_and_learning_rates_carry_over(tmp_path, capsys):
                   Path("kohya.toml"))
     assert str(error.value).splitlines() == [
         "kohya.toml: network_args block_dims: '4,x' is not comma-separated whole numbers (e.g. 4,4,8)",
-        "kohya.toml: network_args up_lr_weight: 'slow' is not comma-separated numbers (e.g. 4,4,8)"]
+        ("kohya.toml: network_args up_lr_weight: 'slow' is not comma-separated numbers (e.g. 4,4,8), or a curve: "
+         "cosine, sine, linear, reverse_linear, zeros")]
     # one number is no list to kohya but a curve's name, which it does not find: those blocks train at 1
     values, notes = translate({"train_data_dir": "sample", "network_args": ["down_lr_weight=0.5", "mid_lr_weight=0.5",
                                                                             "up_lr_weight=2"]}, Path("kohya.toml"))

@@ -10,6 +10,7 @@ Plain Python (no torch): the config checks and the planner read it too.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -103,6 +104,13 @@ def check_value(flag: str, text: str, integer: bool) -> None:
                 return
         except LowvramError as exc:
             raise LowvramError(f"{flag}: {exc}") from None
+        try:
+            parse_values(text, flag, integer)
+        except LowvramError as exc:  # ('cosin': a curve's name mistyped, which the numbers' message did not name)
+            near = difflib.get_close_matches(text.strip().partition("+")[0], LR_WEIGHT_SHAPES, n=1)
+            raise LowvramError(f"{exc}, or a curve: {', '.join(LR_WEIGHT_SHAPES)}"
+                               + (f" (did you mean {near[0]}?)" if near else "")) from None
+        return
     parse_values(text, flag, integer)
 
 
