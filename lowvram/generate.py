@@ -268,9 +268,10 @@ def _read_options(args: argparse.Namespace) -> tuple[SamplePrompt, list[tuple[Pa
     for flag, value in (("--guidance:", args.guidance), ("--weight:", args.weight)):
         if value is not None and not math.isfinite(value):
             problems.append(f"{flag} must be a finite number, got {value}")
-    if args.seed != -1 and not 0 <= args.seed <= MAX_SEED:  # (the prompt's --d is checked where it is read)
-        problems.append(f"--seed: must be from 0 to {MAX_SEED}, or -1 for a random one; got {args.seed}")
-    seed, flag = (args.seed, "--seed") if prompt.seed is None else (prompt.seed, "--prompt: --d (seed)")
+    given = 0 if args.seed is None else args.seed  # (None: `generate` numbers it; read alone, the first image's)
+    if given != -1 and not 0 <= given <= MAX_SEED:  # (the prompt's --d is checked where it is read)
+        problems.append(f"--seed: must be from 0 to {MAX_SEED}, or -1 for a random one; got {given}")
+    seed, flag = (given, "--seed") if prompt.seed is None else (prompt.seed, "--prompt: --d (seed)")
     if args.count > 1 and 0 <= seed <= MAX_SEED < seed + args.count - 1:
         problems.append(f"{flag}: the {args.count} images' seeds {seed} to {seed + args.count - 1} pass {MAX_SEED}; "
                         "give a smaller seed, or -1 for a random one")
