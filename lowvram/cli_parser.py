@@ -86,7 +86,7 @@ class _Parser(argparse.ArgumentParser):
             flags = [o for a in self._actions for o in a.option_strings]
             command = self.prog.split()[-1]  # (a typo beside them answered too: else it came on the next run)
             # (a flag of its own is answered by nothing: its kohya look-alike's hint named it as its own replacement)
-            hints = [kohya_hint(word, command, flags) or (DEVICE_HINT if word.split("=")[0] in DEVICE_FLAGS else None)
+            hints = [kohya_hint(word, command, flags) or _device_hint(word)
                      or _closest_flag(word.split("=")[0], flags, command) for word in getattr(self, "_given", ())
                      if word.startswith("--") and word.split("=")[0] not in flags]
             message += "".join(f"; {hint}" for hint in hints if hint)
@@ -97,7 +97,7 @@ class _Parser(argparse.ArgumentParser):
             bad = [word for word in words if word.startswith("-")]
             flags = [o for a in self._actions for o in a.option_strings]
             command = self.prog.split()[-1]
-            hints = [kohya_hint(b, command, flags) or (DEVICE_HINT if b.split("=")[0] in DEVICE_FLAGS else None)
+            hints = [kohya_hint(b, command, flags) or _device_hint(b)
                      or (None if is_other_tools_flag(b, command) else _closest_flag(b.split("=")[0], flags, command))
                      for b in bad]
             hint = "; ".join(h for h in hints if h)
@@ -146,6 +146,12 @@ class _Parser(argparse.ArgumentParser):
 DEVICE_FLAGS = ("--device", "--gpu", "--gpu_id", "--gpu-id")
 DEVICE_HINT = ("lowvram trains on a CUDA GPU where there is one, else on the CPU; CUDA_VISIBLE_DEVICES=1 picks "
                "another GPU; Apple's GPUs (mps) are not supported: a Mac trains on its CPU")
+
+
+def _device_hint(word: str) -> str | None:
+    return DEVICE_HINT if word.split("=")[0] in DEVICE_FLAGS else None
+
+
 DASHES = "\u2014\u2013"  # em and en dashes: what a blog's or a word processor's text makes of --
 CURLY_QUOTES = "\u201c\u201d\u2018\u2019"
 

@@ -43,7 +43,8 @@ def test_captions_saved_as_utf16_or_with_upper_case_extensions_are_read_and_nul_
                "title.Caption": b"from a tagger",
                "log.txt": b"a log saved as a caption\n" * 50_000,  # 1.2 MB: read whole, one would fill the RAM
                # TextEdit's default: its first line, RTF code, was trained as the caption
-               "rich.txt": b"{\\rtf1\\ansi\\ansicpg1252\\cocoartf2709\n{\\fonttbl\\f0\\fswiss Helvetica;}\n\\f0 ohwx dog}"}
+               "rich.txt": b"{\\rtf1\\ansi\\ansicpg1252\\cocoartf2709\n{\\fonttbl\\f0\\fswiss Helvetica;}\n"
+                           b"\\f0 ohwx dog}"}
     for n, (name, raw) in enumerate(written.items()):
         picture(folder / f"{name.split('.')[0]}.png", (n * 20, 80, 40))
         (folder / name).write_bytes(raw)

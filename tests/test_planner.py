@@ -317,7 +317,8 @@ def test_the_rank_offered_is_the_largest_that_fits_before_a_lower_resolution():
     from lowvram.plan import plan_options
 
     for rank in (320, 256):
-        _, result = plan_options({"model": "sd15", "lora_layers": "full", "rank": rank}, hardware_for(None, "4GB", None))
+        _, result = plan_options({"model": "sd15", "lora_layers": "full", "rank": rank},
+                                 hardware_for(None, "4GB", None))
         assert result.choice is None and result.suggestions[0] == "--rank 128", result.suggestions
     _, fits = plan_options({"model": "sd15", "lora_layers": "full", "rank": 128}, hardware_for(None, "4GB", None))
     assert fits.choice is not None

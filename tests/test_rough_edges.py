@@ -355,7 +355,8 @@ def test_lycoris_network_args_typed_as_flags_name_lowvrams(capsys):
     from lowvram.cli import main
 
     for typed, says in (("--conv-dim", "lowvram's is --conv-rank (with --lora-layers full"),
-                        ("--algo", "lowvram's is --network (loha or lokr"), ("--dora_wd", "lowvram's is --network dora")):
+                        ("--algo", "lowvram's is --network (loha or lokr"),
+                        ("--dora_wd", "lowvram's is --network dora")):
         assert main(["train", "--model", "tiny", "--data", "sample", typed, "1"]) == 2
         assert f"unknown option {typed} ({typed} is LyCORIS's network_args name; {says}" in capsys.readouterr().err
 

@@ -160,8 +160,8 @@ def kohya_state_dict(model: LoadedModel, dtype: torch.dtype) -> dict[str, torch.
     alpha past the save precision's range stays fp32 (a full-rank LoKr's alpha = rank, 100000 in kohya_ss's preset,
     was inf in fp16, and the file was refused as broken)."""
     def stored(key: str, tensor: torch.Tensor) -> torch.Tensor:
-        fits = not dtype.is_floating_point or tensor.abs().max() <= torch.finfo(dtype).max
-        return tensor.detach().to(dtype if key != "alpha" or fits else torch.float32)
+        past = key == "alpha" and dtype.is_floating_point and tensor.abs().max() > torch.finfo(dtype).max
+        return tensor.detach().to(torch.float32 if past else dtype)
 
     return {f"{base}.{key}": stored(key, tensor)
             for base, (_, _, layer) in kohya_layers(model).items() for key, tensor in kohya_tensors(layer).items()}

@@ -196,9 +196,10 @@ def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str |
         record.caption if record.own_caption is None else record.own_caption, trigger)]
     if not named:
         return None
-    return (f"warning: {len(named)} class image(s) are captioned with the trigger word '{trigger}' ({named[0].relpath}: "
-            f"'{named[0].caption}'): prior preservation then trains the subject's word on other images of its class; "
-            "caption them with the class alone (a folder named 1_dog, or --class-prompt 'a photo of a dog')")
+    return (f"warning: {len(named)} class image(s) are captioned with the trigger word '{trigger}' "
+            f"({named[0].relpath}: '{named[0].caption}'): prior preservation then trains the subject's word on other "
+            "images of its class; caption them with the class alone (a folder named 1_dog, or --class-prompt 'a photo "
+            "of a dog')")
 
 
 def class_copies_note(training: ScanReport, regularization: ScanReport) -> str | None:

@@ -234,8 +234,8 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     if report.usable and not options.class_images and not any(record.caption for record in report.usable):
         # (a folder of photos given as it is: a LoRA of no word that shifts all the model draws, unsaid)
         folder_notes.append("every image trains on an empty caption (no caption file with text, no --trigger-word, "
-                            "no N_name folder): the LoRA then changes all the model draws, with no word to call it up; give "
-                            "--trigger-word (e.g. ohwx) or a caption file per image")
+                            "no N_name folder): the LoRA then changes all the model draws, with no word to call it "
+                            "up; give --trigger-word (e.g. ohwx) or a caption file per image")
     if not report.usable:
         where, listing = describe or (str(root), "see `lowvram check-data`")
         if not records:

@@ -224,7 +224,8 @@ def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)
     if lora.exists() and not config.output.overwrite and not config.training.resume:
-        theirs = (read_record(lora.parent) or {}).get("recipe") or {}
+        record = read_record(lora.parent)
+        theirs = (record or {}).get("recipe") or {}
         # (told to continue with --resume auto, which then refused it as another run: the options read here)
         # (not the optimizer: --auto picks it after this check)
         ours = {"--rank": config.network.rank, "--network": config.network.network, "--seed": config.training.seed,
@@ -235,7 +236,7 @@ def existing_lora_problem(config) -> str | None:
             go_on = f"it is another run's ({'; '.join(other)})"
         elif checkpoint_folders.complete(checkpoint_folders.checkpoint_root(lora.parent)):
             go_on = "continue its run with --resume auto"
-        elif read_record(lora.parent) is None:  # a copy, another tool's file: no run of lowvram's wrote it there
+        elif record is None:  # a copy, another tool's file: no run of lowvram's wrote it there
             go_on = f"no lowvram run is recorded there: {train_on_from(lora)}"
         else:
             go_on = (f"its run has no checkpoint there (removed, or lost to a full disk or a kill while saving it): "
@@ -500,8 +501,9 @@ def keep_earlier_final_lora(lora: Path, step: int, trained: bool, save_name: Cal
                             ) -> str | None:
     """Before a resumed run writes its final LoRA: the earlier one (a finished run trained further, or the end of
     the branch a run resumed from an earlier checkpoint leaves) kept as the save point of its step (`save_name`:
-    an epoch's name where the run saves by epochs and it ended one), as the run would have left it had it gone on. Where this run took no step (a finished or early-stopped run resumed) and
-    it is of the same step, it is the same file, written again."""
+    an epoch's name where the run saves by epochs and it ended one), as the run would have left it had it gone on.
+    Where this run took no step (a finished or early-stopped run resumed) and it is of the same step, it is the same
+    file, written again."""
     if not lora.exists():
         return None
     try:

@@ -281,8 +281,7 @@ def at_save_points(session: Session, trainee: Trainee, dataset: Dataset, prepare
     if save_every and step < schedule.total_steps and is_save_point(save_every, step, schedule):
         # kohya's ss_epoch: the epoch under way (from 0) in a step's save, the epochs done in an epoch's
         done = schedule.epochs_done_at(step)
-        saved, saved_epoch = ((step_save(name, step), epoch) if save_every[1] == "steps"
-                              else (epoch_save(name, done), done))
+        saved, saved_epoch = save_point_name(schedule, name, step), epoch if save_every[1] == "steps" else done
         lora = save_lora(session, trainee, dataset, out_dir / (saved + LORA_SUFFIX), step, saved_epoch, shape)
         kept["lora"] = lora
         written.append(f"saved {lora}")

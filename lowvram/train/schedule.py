@@ -103,6 +103,7 @@ def plan_schedule(config: RunConfig, data: Epochs, world: int, start: tuple[int,
                     tuple(ends[:last + 1]), run_epochs, step if start and total_steps < step else None,
                     parse_save_every(config.training.checkpoint_every))
 
+
 SHORT_RUN_STEPS = 400  # a default-length run under this is short for a real model's subject or style
 KOHYA_DEFAULT_STEPS = 1600  # sd-scripts' max_train_steps where nothing sets the length
 

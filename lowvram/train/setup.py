@@ -491,6 +491,7 @@ def conv_note(network: NetworkConfig) -> str:
     conv = network.distinct_conv
     return f" (3x3 convolutions rank {conv[0]} alpha {conv[1]:g})" if conv else ""
 
+
 # output folder names that name no LoRA: every project's would be output.safetensors in a LoRA list
 FOLDER_WORDS = {"output", "outputs", "out", "lora", "loras", "result", "results", "models", "train", "training"}
 
@@ -531,8 +532,8 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
     if short := short_run_note(config, run.family, schedule.total_steps):
         session.console.print(f"[yellow]note:[/] {escape(short)}", soft_wrap=True)
     if not config.output.name and config.output_name.lower() in FOLDER_WORDS:  # (a notebook's Loras/x/output/)
-        session.console.print(f"[yellow]note:[/] the LoRA is named {escape(config.output_name)}{LORA_SUFFIX}, after its "
-                              "folder; --name NAME names it (ComfyUI and AUTOMATIC1111 list LoRAs by file name)",
+        session.console.print(f"[yellow]note:[/] the LoRA is named {escape(config.output_name)}{LORA_SUFFIX}, after "
+                              "its folder; --name NAME names it (ComfyUI and AUTOMATIC1111 list LoRAs by file name)",
                               soft_wrap=True)
     if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "

@@ -51,8 +51,8 @@ def in_page_words(text: str) -> str:
         except ValueError:  # (not shell_line's: as it is)
             return word
 
-    text = CONTINUE_LINE.sub(lambda m: f"the Train tab's Resume (first Load .toml {path(m)}, where the form holds other "
-                             "options)", text)
+    text = CONTINUE_LINE.sub(lambda m: f"the Train tab's Resume (first Load .toml {path(m)}, where the form holds "
+                             "other options)", text)
     text = OPTIONS_GIVEN.sub(lambda m: f"Load .toml {path(m)} gives them", text)
     for flags, page in PAGE_WORDS.items():
         text = text.replace(flags, page)
@@ -90,9 +90,10 @@ class TrainingProcess:
             if self.stopping:  # (Stop, a field corrected, Start: it was taken for the first click, and never started)
                 raise LowvramError("the last run is still stopping (it saves a checkpoint, then exits); press Start "
                                    "again once its state says it stopped")
-            if time.time() - self.started < DOUBLE_CLICK_S and toml == self.toml:  # (the first click's "started"
+            # a double click: the first click's "started" was replaced by an error (not a Start of other settings)
+            if time.time() - self.started < DOUBLE_CLICK_S and toml == self.toml:
                 return f"started {time.time() - self.started:.0f} s ago: the run is going (one click starts it)"
-            raise LowvramError("a run is already going: stop it first")  # (was replaced by an error)
+            raise LowvramError("a run is already going: stop it first")
         make_folders(config_dir)
         config_path = write_text(config_dir / f"{self.name}.toml", toml)
         problem = output_problem(config_path, resume, overwrite)
