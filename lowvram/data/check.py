@@ -166,7 +166,7 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     elif has_regularization_subsets(config.data.data):
         reports.append(scan(run, data, None, console, regularization=True))
     if len(reports) > 1 and console is not None:
-        for note in filter(None, [class_copies_note(reports[0], reports[1]), class_trigger_note(reports[1], trigger)]):
+        for note in class_image_notes(reports[0], reports[1], trigger):
             console.print(Text(note, style="yellow"), soft_wrap=True)
     held_out, records = [], reports[0].usable
     if config.validation.validation_data:  # (its images inside the dataset's are held out of training too)
@@ -185,6 +185,12 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+def class_image_notes(training: ScanReport, regularization: ScanReport, trigger: str | None) -> list[str]:
+    """What is wrong with the class images, in words: copies of training images, the trigger word in captions."""
+    return [note for note in (class_copies_note(training, regularization), class_trigger_note(regularization, trigger))
+            if note]
 
 
 def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str | None:
@@ -513,8 +519,7 @@ def check_data(run: ResolvedRun, report_path: Path | None, verbose: bool, consol
         reports[-1].print_summary(console, verbose, regularization=True)
         if captions:
             reports[-1].print_captions(console, run.config.data.caption_separator)
-        for note in filter(None, [class_copies_note(report, reports[-1]),
-                                  class_trigger_note(reports[-1], run.config.data.trigger_word)]):
+        for note in class_image_notes(report, reports[-1], run.config.data.trigger_word):
             console.print(Text(note, style="yellow"), soft_wrap=True)
         epochs = counted_epochs(run, report.usable, reports[-1].usable)
         balance = regularization_balance(epochs)

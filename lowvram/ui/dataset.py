@@ -65,7 +65,7 @@ def check_dataset(values: dict[str, Any]):
 def _class_images(run, report, where: Path, what: str) -> str:
     """The class images' lines, as check-data --reg-data says them: how many, the balance an epoch makes of them,
     and what is wrong with them (copies of training images, the trigger word in their captions)."""
-    from lowvram.data.check import class_copies_note, class_trigger_note, scan
+    from lowvram.data.check import class_image_notes, scan
     from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
     from lowvram.data.scan import NoUsableImages
 
@@ -78,8 +78,8 @@ def _class_images(run, report, where: Path, what: str) -> str:
         epochs = counted_epochs(run, report.usable, reg.usable)
         idle = idle_regularization(epochs, run.config.data.prior_loss_weight)
         lines.append(f"warning: {regularization_balance(epochs)}; {idle}" if idle else regularization_balance(epochs))
-    notes = [class_copies_note(report, reg), class_trigger_note(reg, run.config.data.trigger_word)]
-    return "".join(f"\n\n{line}" for line in lines) + "".join(f"\n\n- {note}" for note in notes if note)
+    notes = class_image_notes(report, reg, run.config.data.trigger_word)
+    return "".join(f"\n\n{line}" for line in lines) + "".join(f"\n\n- {note}" for note in notes)
 
 
 def _summary(report) -> str:
