@@ -325,6 +325,15 @@ def mixed_layers(path: Path, held: dict[str, Any]) -> tuple[list[int], list[floa
     return [], []
 
 
+def _lycoris_layers_vary(path: Path, held: dict[str, Any]) -> bool:
+    """Whether a LoHa's or LoKr's layers are of several ranks or alphas (its convolutions not told apart): with
+    per-block settings in its metadata, they are what continues it (not the most common block's --rank)."""
+    if held.get("network") not in ("loha", "lokr"):
+        return False
+    _, tensors, start = kohya_header(path)
+    return len({pair for kind in layer_ranks(path, tensors, start)[1] for pair in kind}) > 1
+
+
 def same_alpha(stored: float, wanted: float) -> bool:
     """Whether a file's alpha is the one wanted, to the precision of the fp16 or bf16 it is often stored in
     (bf16 keeps 8 bits: 7.3 is stored as 7.3125)."""
@@ -386,7 +395,7 @@ def network_weights_problem(network) -> str | None:
     if any(getattr(network, name) is not None for name in BLOCK_OPTIONS):
         return None
     ranks, alphas = mixed_layers(Path(path), held)
-    if ranks or alphas:
+    if ranks or alphas or _lycoris_layers_vary(Path(path), held):
         metadata = read_header(Path(path))[0]
         try:
             args = json.loads(metadata.get("ss_network_args") or "{}")
@@ -396,7 +405,8 @@ def network_weights_problem(network) -> str | None:
                   if isinstance(args, dict) and kohya in args and not option.endswith("lr_weight")}
         if blocks:  # trained with ranks (or alphas) per block: its own flags continue it
             flags = " ".join(as_flag_words(blocks))
-            return (f"{flag} was trained with {'ranks' if ranks else 'alphas'} per block; pass {flags} to train it "
+            what = "ranks" if ranks or any(option.endswith("ranks") for option in blocks) else "alphas"
+            return (f"{flag} was trained with {what} per block; pass {flags} to train it "
                     "further")
     if ranks:
         return (f"{flag} holds layers of several ranks ({', '.join(map(str, ranks))}), as a --dynamic resize "

@@ -235,6 +235,15 @@ def test_files_of_one_rank_per_kind_or_per_block_continue_and_the_refusal_names_
     assert str(error.value).startswith(f"--network-weights: {blocks} was trained with ranks per block; pass "
                                        f"--block-ranks {ranks}")
     run_config(network_weights=str(blocks), block_ranks=ranks)  # as it says
+    # a LoHa's (its convolutions not told apart by shape) too: it said "pass --rank 4 --alpha 16" only once its
+    # layers were read, and then "pass --rank 8 --alpha 16" after that, never its --block-ranks
+    loha_blocks = train(run_config(output=str(tmp_path / "loha-blocks"), max_steps=1, network="loha",
+                                   block_ranks=ranks)).lora_path
+    with pytest.raises(LowvramError) as error:
+        run_config(network_weights=str(loha_blocks), network="loha")
+    assert str(error.value).startswith(f"--network-weights: {loha_blocks} was trained with ranks per block; pass "
+                                       f"--block-ranks {ranks}")
+    run_config(network_weights=str(loha_blocks), network="loha", block_ranks=ranks)
 
 
 def test_a_file_refused_for_several_ranks_is_not_first_said_to_be_trained_further(tmp_path, capsys):
