@@ -34,6 +34,7 @@ from lowvram.data.captions import (
     decode_caption,
     has_word,
     read_caption_text,
+    trained_caption_file,
 )
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError, first_line, shell_line
@@ -272,6 +273,8 @@ def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport)
             continue
         existing = [found for suffix in dict.fromkeys((extension, *CAPTION_SUFFIXES))
                     if (found := caption_file(record.path, suffix))]  # in any case: training reads 003.TXT too
+        trained = trained_caption_file(record.path, extension)  # (an empty .txt beside the .caption that trains:
+        existing = sorted(existing, key=lambda found: found != trained)  # tags written there replaced it)
         if record.path.parent in by_metadata:
             report.kept.append(record.relpath)
             continue

@@ -67,6 +67,21 @@ def test_tagger_writes_tags_for_uncaptioned_images_only(tmp_path, tagger, capsys
     assert "skipped 3_colours/broken.jpg: " in out and "wrote 4 caption(s); kept 1 existing" in out
 
 
+def test_an_empty_txt_beside_the_caption_that_trains_is_not_written_over_it(tmp_path, tagger, monkeypatch, capsys):
+    """Training reads a .caption where the .txt beside it is empty (a tagger's tags beside an empty .txt):
+    caption counted such an image as uncaptioned and wrote tags into the .txt, which then trained instead."""
+    monkeypatch.setenv("LOWVRAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = colour_dataset(tmp_path / "data")
+    folder = data / "3_colours"
+    (folder / "red.txt").write_bytes(b"\r\n\r\n")
+    (folder / "red.caption").write_text("a red square I wrote")
+    assert main(["caption", str(data), "--caption-model", str(tagger)]) == 0
+    assert (folder / "red.txt").read_bytes() == b"\r\n\r\n" and "kept 2 existing" in capsys.readouterr().out
+    assert main(["caption", str(data), "--caption-model", str(tagger), "--append"]) == 0
+    assert (folder / "red.caption").read_text() == "a red square I wrote, red theme\n"
+    assert (folder / "red.txt").read_bytes() == b"\r\n\r\n"
+
+
 def test_a_vram_budget_without_a_gpu_captions_on_the_cpu(tmp_path, tagger, capsys):
     """As `train --auto --vram` does: the budget plans for a GPU, and where there is none the CPU does the work."""
     data = colour_dataset(tmp_path / "data")
