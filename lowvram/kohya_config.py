@@ -206,9 +206,18 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     dataset_config = left.pop("dataset_config", None)
     if dataset_config:  # the images and their settings come from the dataset file (lowvram.dataset_files)
         values["data"] = str(dataset_config)
-        ignored = [key for key in ("train_data_dir", "reg_data_dir") if left.pop(key, None)]
+        ignored = [key for key in ("train_data_dir", "reg_data_dir", "in_json") if left.pop(key, None)]
+        left.pop("dataset_repeats", None)
         if ignored:
             notes.append(f"{' and '.join(ignored)} not used: dataset_config names the images, as in kohya")
+    elif in_json := left.pop("in_json", None):  # kohya's fine-tuning captions, which the folder's files are not
+        repeats = left.pop("dataset_repeats", None)
+        repeats = f"num_repeats = {repeats}, " if repeats not in (None, 1, "1") else ""
+        problem("in_json", f"kohya's fine-tuning mode (captions and tags from {in_json}) is read from a dataset "
+                f"file: write one holding [[datasets]] and [[datasets.subsets]] with image_dir = "
+                f"{json.dumps(str(flat.get('train_data_dir') or 'IMAGES'))}, metadata_file = "
+                f"{json.dumps(str(in_json))}, {repeats}and set dataset_config to it in place of train_data_dir "
+                "(its cached latents are not read: lowvram caches its own)")
     values |= _network(left, notes, problem)
     values |= _base_weights(left, problem)
     rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))

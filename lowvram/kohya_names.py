@@ -155,6 +155,8 @@ WITHOUT_COUNTERPART = {
     "--token_warmup_min": "lowvram trains every caption whole from the first step",
     "--face_crop_aug_range": "lowvram has no face-crop augmentation (crop the images beforehand, or use --crop random)",
     "--no_token_padding": "lowvram pads captions as the models were trained",
+    "--in_json": ("kohya's fine-tuning captions are read from a dataset file: name the JSON as metadata_file beside "
+                  "image_dir in one of its subsets, and give that file as --data"),
     "--initial_epoch": "a run continues where it stopped with --resume",
     "--initial_step": "a run continues where it stopped with --resume",
     "--huggingface_repo_id": "lowvram uploads nothing (use huggingface-cli upload)",

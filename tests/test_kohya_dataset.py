@@ -412,6 +412,32 @@ def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path
     assert "metadata_file: meta.json is not readable JSON" in capsys.readouterr().err
 
 
+def test_a_kohya_configs_in_json_is_refused_naming_the_dataset_file_that_reads_it(tmp_path, monkeypatch, capsys):
+    """sd-scripts' fine-tuning mode (in_json beside train_data_dir): captions from the JSON, not the folder's
+    files. It was dropped with a note, and the images trained on their .txt files or an empty caption."""
+    monkeypatch.chdir(tmp_path)
+    image_folders(tmp_path)
+    metadata = {"00_red_circle": {"caption": "a red circle", "tags": "red, circle"}}
+    (tmp_path / "meta.json").write_text(json.dumps(metadata))
+    config = {"pretrained_model_name_or_path": "tiny", "train_data_dir": "imgs/alpha", "in_json": "meta.json",
+              "dataset_repeats": 3, "max_train_steps": 1}
+    write(tmp_path / "kohya.toml", config)
+    assert main(["check-data", "--config", "kohya.toml"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ('in_json: kohya\'s fine-tuning mode (captions and tags from meta.json) is read from a dataset file: write '
+            'one holding [[datasets]] and [[datasets.subsets]] with image_dir = "imgs/alpha", metadata_file = '
+            '"meta.json", num_repeats = 3, and set dataset_config to it') in err
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha", "metadata_file": "meta.json", "num_repeats": 3}]}]})  # as it says
+    write(tmp_path / "kohya.toml", {key: value for key, value in config.items() if key != "train_data_dir"}
+          | {"dataset_config": "dataset.toml"})  # (in_json beside it: ignored, as kohya ignores it)
+    report = tmp_path / "report.json"
+    assert main(["check-data", "--config", "kohya.toml", "--report", str(report)]) == 0
+    records = json.loads(report.read_text())["records"]
+    assert [(r["relpath"], r["caption"]) for r in records] == [("00_red_circle.png", "a red circle, red, circle")]
+    assert "in_json not used: dataset_config names the images" in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_keep_tokens_separator_keeps_each_captions_own_front_tags(tmp_path, monkeypatch):
     """kohya's keep_tokens_separator from a dataset file: captions written "front ||| rest" keep their front tags
     in place whatever their number, and are trained without the separator."""
