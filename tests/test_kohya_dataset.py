@@ -438,6 +438,27 @@ def test_a_kohya_configs_in_json_is_refused_naming_the_dataset_file_that_reads_i
     assert "in_json not used: dataset_config names the images" in " ".join(capsys.readouterr().err.split())
 
 
+def test_kohyas_metadata_file_in_an_image_folder_or_given_as_data_is_named_with_the_dataset_file_reading_it(
+        tmp_path, monkeypatch, capsys):
+    """A meta_cap.json beside the images was passed over without a word (they trained on the folder's name), and
+    `--data meta_cap.json` was called neither a dataset config nor a concepts file."""
+    monkeypatch.chdir(tmp_path)
+    alpha = image_folders(tmp_path) / "alpha"
+    (alpha / "meta_cap.json").write_text(json.dumps({"00_red_circle": {"caption": "a red circle"}}))
+    assert main(["check-data", str(alpha), "--model", "tiny"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f'meta_cap.json holds kohya\'s fine-tuning captions, which an image folder\'s scan does not read (its '
+            f'images train on their caption files, else their folder\'s name): to train them, give --data a kohya '
+            f'dataset file whose [[datasets.subsets]] holds image_dir = "{alpha}" and metadata_file = '
+            f'"{alpha / "meta_cap.json"}"') in out
+    assert main(["check-data", str(alpha / "meta_cap.json")]) == 2
+    assert "meta_cap.json is kohya's fine-tuning metadata (captions by image), which a dataset file names" in (
+        capsys.readouterr().err)
+    (alpha / "meta_cap.json").write_text(json.dumps({"00_red_circle": {"width": 96}}))  # another tool's JSON
+    assert main(["check-data", str(alpha), "--model", "tiny"]) == 0
+    assert "fine-tuning" not in capsys.readouterr().out
+
+
 def test_a_keep_tokens_separator_keeps_each_captions_own_front_tags(tmp_path, monkeypatch):
     """kohya's keep_tokens_separator from a dataset file: captions written "front ||| rest" keep their front tags
     in place whatever their number, and are trained without the separator."""

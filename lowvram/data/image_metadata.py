@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES, METADATA_FILES
+from lowvram.dataset_files.kohya import is_kohya_metadata, kohya_metadata_use
 from lowvram.errors import LowvramError
 
 UNREAD_METADATA_FILES = ("metadata.parquet",)
@@ -144,6 +145,22 @@ def _folders_of(folder, metadata: FolderMetadata, root: Path, notes: list[str]) 
         notes.append(f"{_shown(metadata.file, root)} names images in folders that are not there: "
                      f"{', '.join(sorted(missing)[:5])}{' ...' if len(missing) > 5 else ''}")
     return [folder._replace(path=path, captions=own[path], captions_from=metadata.file.name) for path in sorted(own)]
+
+
+def kohya_metadata_note(folder: Path, root: Path) -> str | None:
+    """A note on kohya's fine-tuning metadata file (meta_cap.json, meta_lat.json: its scripts' names) in an image
+    folder, whose captions a folder's scan does not read; None where there is none."""
+    for path in sorted(folder.glob("meta*.json"))[:3]:
+        try:
+            if path.stat().st_size > MAX_METADATA_BYTES or not is_kohya_metadata(
+                    json.loads(path.read_text(encoding="utf-8-sig"))):
+                continue
+        except (OSError, ValueError):
+            continue
+        return (f"{_shown(path, root)} holds kohya's fine-tuning captions, which an image folder's scan does not "
+                "read (its images train on their caption files, else their folder's name): to train them, "
+                + kohya_metadata_use(path, folder))
+    return None
 
 
 def _shown(path: Path, root: Path) -> str:

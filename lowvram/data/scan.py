@@ -47,6 +47,7 @@ from lowvram.data.image_metadata import (
     TRAIN_SPLIT,
     described,
     folder_metadata,
+    kohya_metadata_note,
     train_split_metadata,
     with_metadata,
 )
@@ -467,6 +468,8 @@ def repeat_folders(root: Path, caption_column: str | None = None) -> tuple[list[
     for folder in folders:
         if folder.path != root and (own := folder_metadata(folder.path, caption_column, notes, root)):
             metadata[folder.path] = own
+        if folder.path not in metadata and (note := kohya_metadata_note(folder.path, root)):
+            notes.append(note)
     notes += [described(found, root) for found in metadata.values()]
     if caption_column and not metadata and not any((folder.path / name).is_file() for folder in folders
                                                    for name in METADATA_FILES):

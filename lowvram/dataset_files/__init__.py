@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lowvram.dataset_files.kohya import is_kohya_dataset, read_kohya_dataset
+from lowvram.dataset_files.kohya import is_kohya_dataset, is_kohya_metadata, kohya_metadata_use, read_kohya_dataset
 from lowvram.dataset_files.onetrainer import concepts_in, read_concepts
 from lowvram.dataset_files.subsets import DatasetFile, Subset
 from lowvram.errors import LowvramError
@@ -74,6 +74,9 @@ def read_dataset(path: Path, named_by: Path | None = None) -> DatasetFile:
         note = (f"{path.name} is a OneTrainer training config: its concepts file {concepts} is read; --config "
                 f"{path} reads its training settings too")
         return replace(dataset, notes=(*dataset.notes, note))
+    if is_kohya_metadata(doc):
+        raise LowvramError(f"--data: {path} is kohya's fine-tuning metadata (captions by image), which a dataset "
+                           f"file names: {kohya_metadata_use(path, 'IMAGES')}")
     raise LowvramError(f"--data: {path} is neither a kohya dataset config ([[datasets]] of [[datasets.subsets]]) nor "
                        "a OneTrainer concepts file (a JSON list of concepts); a training config (kohya's, "
                        "OneTrainer's or lowvram's) goes to --config; or give --data an image folder")

@@ -255,6 +255,19 @@ def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset |
                   captions, label_captions=named)
 
 
+def is_kohya_metadata(doc: object) -> bool:
+    """Whether a JSON document is kohya's fine-tuning metadata (merge_captions_to_metadata's: image key -> caption
+    and tags)."""
+    return (isinstance(doc, dict) and bool(doc) and all(isinstance(entry, dict) for entry in doc.values())
+            and any("caption" in entry or "tags" in entry for entry in doc.values()))
+
+
+def kohya_metadata_use(metadata: Path | str, images: Path | str) -> str:
+    """How lowvram reads a kohya fine-tuning metadata file: in a dataset file's subset."""
+    return (f"give --data a kohya dataset file whose [[datasets.subsets]] holds image_dir = {json.dumps(str(images))} "
+            f"and metadata_file = {json.dumps(str(metadata))}")
+
+
 def _metadata_captions(metadata: Path, key: str, problem) -> dict[str, str]:
     """kohya's fine-tuning metadata (merge_captions_to_metadata's JSON: image key -> caption and tags) as image key ->
     caption: the caption's first line, then the tags, as kohya joins them; an entry with neither is left out."""
