@@ -61,8 +61,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     folder = Path(given) if given.endswith(("/", os.sep)) or Path(given).is_dir() else None  # it ends in /)
     args.output = (folder / "generated.png") if folder else Path(given)
     args.prompt, clip_skip = _generation_data(args.prompt, args.model)
-    if clip_skip and not args.clip_skip:
-        args.clip_skip = clip_skip
+    clip_skip = clip_skip if not args.clip_skip else None  # (the prompt's own, where none is given)
+    args.clip_skip = args.clip_skip or clip_skip
     paths = numbered_in(folder, args.count) if folder else output_paths(args.output, args.count)
     if args.seed is None:  # (class images added to a folder were copies of the first ones, each seed 0 on again)
         number = int(paths[0].stem) if folder else 0  # (a timestamp's name, 20240101123456.png, passes the seeds')
@@ -91,7 +91,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
     device = torch.device(hardware.device)
     dtype = compute_dtype(resolve_mixed_precision("auto", hardware))  # as training computes (fp32 on a GTX 16xx)
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
-        raise LowvramError(problem)
+        if not clip_skip:
+            raise LowvramError(problem)
+        print(f"--prompt: its Clip skip: {clip_skip} changes nothing on SDXL, which reads its text encoders' "  # (Pony's
+              "penultimate layer already (AUTOMATIC1111 ignores it there too): left out")  # images on Civitai say it)
+        args.clip_skip = None
     if other := _other_family(args, sources):  # said from the headers, before the model's minute of loading
         raise LowvramError(other)
     print(f"loading {model_title(args.model)}", flush=True)  # (a minute of silence otherwise, in a log too)

@@ -312,6 +312,16 @@ def test_generation_data_pasted_or_in_an_image_is_read_as_automatic1111_writes_i
     newer = pasted.replace("Schedule type: Karras", "Schedule type: SGM Uniform")  # (Forge's: none here)
     assert main([*base(["--prompt", newer]), "--output", str(tmp_path / "newer.png")]) == 0
     assert "--ss DPM++ 2M (its settings" in " ".join(capsys.readouterr().out.split())
+    # a Pony image's (Civitai's) Clip skip: 2 on an SDXL model: AUTOMATIC1111 ignores it there, so it drew the image
+    # as lowvram draws it (it was refused as a --clip-skip never given)
+    pony = "a red circle\nSteps: 2, Sampler: Euler a, CFG scale: 5, Seed: 7, Size: 64x64, Clip skip: 2"
+    assert main(["generate", "--model", "tiny-sdxl", "--prompt", pony, "--output", str(tmp_path / "pony.png")]) == 0
+    assert ("--prompt: its Clip skip: 2 changes nothing on SDXL, which reads its text encoders' penultimate layer "
+            "already (AUTOMATIC1111 ignores it there too): left out") in " ".join(capsys.readouterr().out.split())
+    assert "Clip skip" not in Image.open(tmp_path / "pony.png").text["parameters"]
+    assert main(["generate", "--model", "tiny-sdxl", "--prompt", pony, "--clip-skip", "2", "--output",
+                 str(tmp_path / "given.png")]) == 2  # one given is refused as ever
+    assert "--clip-skip 2: tiny SDXL (random weights) already reads" in capsys.readouterr().err
     Image.new("RGB", (64, 64)).save(tmp_path / "plain.png")
     assert refused(["--prompt", str(tmp_path / "plain.png")], capsys) == (
         f"--prompt: {tmp_path / 'plain.png'} holds no generation data (AUTOMATIC1111's parameters); give the prompt "
