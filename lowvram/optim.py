@@ -75,6 +75,7 @@ OPTIMIZERS = {
     )
 }
 PLANNED_OPTIMIZERS = tuple(name for name, o in OPTIMIZERS.items() if o.planned)
+POLYNOMIAL_END = 1e-7  # diffusers' (and kohya's) polynomial schedule decays towards it
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial", "rex",
               "inverse_sqrt", "warmup_stable_decay")  # build_schedule builds each
 # any other optimizer, named by its class as kohya's --optimizer_type does (torch.optim.RAdam, pytorch_optimizer.CAME,
@@ -424,8 +425,11 @@ def _schedule(name: str, optimizer, warmup_steps: int, total_steps: int, cycles:
         # by keyword, the stable phase's length given: transformers 4.45 takes (warm-up, stable, decay) in that order
         return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=decay_steps,
                                 num_stable_steps=max(0, total_steps - warmup_steps - decay_steps))
-    from diffusers.optimization import get_scheduler
+    from diffusers.optimization import get_polynomial_decay_schedule_with_warmup, get_scheduler
 
+    if name == "polynomial" and optimizer.defaults["lr"] <= POLYNOMIAL_END:  # (diffusers raises: it decays towards
+        return get_polynomial_decay_schedule_with_warmup(  # 1e-7, and from a rate that low, to 0)
+            optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps, lr_end=0.0, power=power)
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
                          num_cycles=cycles, power=power)
 

@@ -328,6 +328,21 @@ def test_the_polynomial_schedule_decays_with_its_power(tmp_path):
         run_config(scheduler_power=2.0)
 
 
+def test_a_polynomial_schedule_from_a_rate_at_or_below_its_end_decays_to_zero():
+    """--lr 1e-8 --scheduler polynomial raised "lr_end (1e-07) must be smaller than initial lr" (a traceback, after
+    the model's load and caching)."""
+    from lowvram.optim import build_schedule
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1e-8)
+    schedule, rates = build_schedule("polynomial", optimizer, 0, 4, 1, 1.0), []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([1e-8 * (1 - done / 4) for done in range(4)], rel=1e-6)
+
+
 def test_a_warmup_under_1_is_a_share_of_the_run(tmp_path):
     """kohya's lr_warmup_steps 0.25 (and OneTrainer's share): the first quarter of the steps warms up."""
     train(run_config(output=str(tmp_path), max_steps=8, scheduler="constant_with_warmup", warmup_steps=0.25,
