@@ -169,7 +169,8 @@ class ModelConfig:
                                          "(epsilon for SD1.5/SDXL base).", choices=PREDICTION_TYPES)
     zero_terminal_snr: bool = option(False, "Rescale the noise schedule so its last timestep is pure noise (Lin et "
                                      "al. 2023; kohya's --zero_terminal_snr), as v-prediction models such as "
-                                     "NoobAI-XL V-Pred were trained; samples then use a trailing timestep spacing.")
+                                     "NoobAI-XL V-Pred were trained; samples then use a trailing timestep spacing. A checkpoint marked so (its "
+                                     "ztsnr key, as NoobAI-XL V-Pred's) trains with it whatever this says.")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from lowvram.dataset_zip import name_encoding, windows_powershell_zip, zip_folde
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
 from lowvram.files import closest, not_found_hint
 from lowvram.formats import network_refusal
-from lowvram.lora_header import network_options, network_weights_problem, no_layers_why
+from lowvram.lora_header import network_options, network_weights_problem, no_layers_why, read_header
+from lowvram.models.families import FAMILIES, SCHEDULE_MARKERS
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, sets_own_step_sizes, spec_of
 from lowvram.option_values import (
     FP16_LARGEST,
@@ -539,6 +540,8 @@ def _training_problems(c: RunConfig) -> list[str]:
         p.append(f"--min-timestep: {low} is not below --max-timestep {high}; the range would be empty")
     if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
         p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
+    elif c.model.zero_terminal_snr and not c.model.prediction_type and (epsilon := _predicts_epsilon(c.model.model)):
+        p.append(f"--zero-terminal-snr: {epsilon}: {ZERO_SNR_NEEDS_V}")  # (said after the scan and the model's load)
     if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
         p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
     for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
@@ -557,6 +560,23 @@ def _training_problems(c: RunConfig) -> list[str]:
     if c.training.max_steps is not None and c.training.epochs is not None:
         p.append("--max-steps and --epochs: can't use both; choose one")
     return p
+
+
+def _predicts_epsilon(model: str) -> str:
+    """Why the model predicts epsilon, as read without loading it: a built-in architecture, or a single file without
+    the v_pred key a v-prediction checkpoint (NoobAI-XL V-Pred) carries; "" where it may not."""
+    if model in FAMILIES:
+        return f"{model} predicts epsilon"
+    path = Path(model)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return ""  # (a diffusers folder's scheduler says it when it loads)
+    try:
+        names = read_header(path)[1]
+    except (OSError, ValueError):
+        return ""  # (named as broken by the model's own check)
+    if SCHEDULE_MARKERS["v-prediction"] in names:
+        return ""
+    return f"{path.name} predicts epsilon (it has no {SCHEDULE_MARKERS['v-prediction']} key, as v-prediction checkpoints do)"
 
 
 def sample_prompt_notes(c: RunConfig) -> list[str]:

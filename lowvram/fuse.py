@@ -47,7 +47,8 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
     from lowvram.adapters.lora_files import load_kohya
     from lowvram.adapters.networks import fuse_adapters
     from lowvram.models.detect import detect_family, stored_precision
-    from lowvram.models.loading import SCHEDULE_MARKERS, follow_lora_schedule, load_model
+    from lowvram.models.families import SCHEDULE_MARKERS
+    from lowvram.models.loading import follow_lora_schedule, load_model
     from lowvram.precision import DTYPES
 
     detect_family(model_name, family)  # a broken or foreign file: its one line, before its header is read
@@ -61,8 +62,10 @@ def fuse_into_model(model_name: str, sources: list[tuple[Path, float]], output: 
         layers.append(fused if weight else 0)  # (at weight 0, fused in as nothing: "40 layers" said otherwise)
         # a v-prediction LoRA fused into an epsilon model makes a v-prediction model: marked so, as the LoRA's own
         # loading samples it (clip skip is a loader's setting, not the model's)
-        schedule += [change for change in (follow_lora_schedule(model, path) if weight else ())
-                     if change in SCHEDULE_MARKERS and change not in schedule]
+        changes, other_model = follow_lora_schedule(model, path) if weight else ([], "")
+        schedule += [change for change in changes if change in SCHEDULE_MARKERS and change not in schedule]
+        if other_model:
+            print(other_model)
     if output.suffix.lower() != ".safetensors":  # (save_pretrained writes the scheduler's config as changed)
         return Fused(_save_folder(model, output, DTYPES[working]), layers, 0, schedule)
     converted = _original_layout(model)

@@ -435,8 +435,11 @@ def apply_loras(model: LoadedModel, sources: list[tuple[Path, float]], clip_skip
     if problems:
         raise LowvramError("\n".join(problems))
     for path, weight in sources:
-        for change in follow_lora_schedule(model, path, clip_skip is not None) if weight else ():  # at 0, as in
-            print(f"{path.name} was trained with {change}: sampling with it too")                 # ComfyUI, no change
+        changes, other_model = follow_lora_schedule(model, path, clip_skip is not None) if weight else ([], "")
+        for change in changes:  # (at weight 0, as in ComfyUI, no change)
+            print(f"{path.name} was trained with {change}: sampling with it too")
+        if other_model:
+            print(other_model)
         trained = read_header(path)[0].get("ss_clip_skip", "") if clip_skip is not None and weight else ""
         if trained.isdigit() and max(int(trained), 1) != clip_skip:  # (it said "sampling with it too", and did not)
             print(f"{path.name} was trained with clip skip {trained}: sampling with --clip-skip {clip_skip}, as given")

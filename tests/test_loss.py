@@ -10,6 +10,7 @@ import torch
 from conftest import run_config
 from diffusers import DDPMScheduler
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from lowvram.configure import build_config
 from lowvram.errors import LowvramError
@@ -165,10 +166,10 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
     assert result.final_loss == result.final_loss and result.samples  # trained (no NaN) and sampled
     assert safe_open(str(result.lora_path), framework="pt").metadata()["ss_zero_terminal_snr"] == "True"
     base = load_model("tiny")  # epsilon, no rescaling: generate follows what the LoRA was trained with
-    assert follow_lora_schedule(base, result.lora_path) == ["v-prediction", "zero terminal SNR"]
+    assert follow_lora_schedule(base, result.lora_path) == (["v-prediction", "zero terminal SNR"], "")
     sampler = base.pipeline.scheduler.config
     assert sampler.prediction_type == "v_prediction" and sampler.rescale_betas_zero_snr
-    assert follow_lora_schedule(base, result.lora_path) == []  # nothing left to change
+    assert follow_lora_schedule(base, result.lora_path) == ([], "")  # nothing left to change
     # fused into the epsilon model: a v-prediction, zero-terminal-SNR model, marked so in the file and the folder
     from lowvram.cli import main
 
@@ -190,11 +191,39 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
     train(run_config(model=str(tmp_path / "fused.safetensors"), output=str(tmp_path / "on"), max_steps=1))
     assert "fused.safetensors predicts with v-prediction and zero terminal SNR (its own setting): trained and " \
            "sampled so" in capsys.readouterr().out
+    # that LoRA (trained on a v-prediction model) tried on another, an epsilon one (a NoobAI-XL V-Pred LoRA on
+    # Illustrious): the other keeps its own schedule, as ComfyUI samples it; it was sampled v-prediction with zero
+    # terminal SNR, and merged into a model marked so
+    on, epsilon = tmp_path / "on" / "on.safetensors", load_model(str(tmp_path / "none.safetensors"))
+    assert follow_lora_schedule(epsilon, on) == ([], (
+        "on.safetensors was trained with v-prediction and zero terminal SNR on another model (fused.safetensors): "
+        "none.safetensors keeps its own schedule (epsilon, without zero terminal SNR), as ComfyUI and AUTOMATIC1111 "
+        "sample it"))
+    assert epsilon.pipeline.scheduler.config.prediction_type == "epsilon"
+    cross = tmp_path / "cross.safetensors"
+    assert main(["merge", "--model", str(tmp_path / "none.safetensors"), str(on), "--output", str(cross)]) == 0
+    assert "none.safetensors keeps its own schedule" in capsys.readouterr().out
+    sampler = load_model(str(cross)).pipeline.scheduler.config
+    assert sampler.prediction_type == "epsilon" and not sampler.get("rescale_betas_zero_snr")
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
-    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon with a zero-terminal-SNR schedule; .* needs a v-pred"):
-        train(run_config(output=str(tmp_path), zero_terminal_snr=True))
+    # said by the config check (plan's and --dry-run's too), not after the scan and a minute of the model's loading
+    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon: the last timestep's input is "
+                                           "pure noise, in which an epsilon model has nothing to predict; it needs a v-pred"):
+        run_config(output=str(tmp_path), zero_terminal_snr=True)
+    from lowvram.cli import main
+
+    plain, marked = tmp_path / "plain.safetensors", tmp_path / "marked.safetensors"
+    assert main(["merge", "--model", "tiny", "--output", str(plain)]) == 0
+    with pytest.raises(LowvramError, match=r"--zero-terminal-snr: plain.safetensors predicts epsilon \(it has no "
+                                           r"v_pred key, as v-prediction checkpoints do\): the last timestep"):
+        run_config(model=str(plain), output=str(tmp_path), zero_terminal_snr=True)
+    save_file(load_file(str(plain)) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))  # NoobAI-XL V-Pred's
+    run_config(model=str(marked), output=str(tmp_path), zero_terminal_snr=True)  # as it predicts
+    with pytest.raises(LowvramError, match=r"--prediction-type epsilon: .*marked.safetensors has a zero-terminal-SNR "
+                                           r"schedule \(its ztsnr key\)"):  # (it blamed --model, said to predict epsilon)
+        train(run_config(model=str(marked), output=str(tmp_path / "eps"), prediction_type="epsilon", max_steps=1))
     with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})
     with pytest.raises(LowvramError, match=r"--v-pred-like-loss: its \(SNR\+1\)/SNR weight is infinite"):

@@ -22,6 +22,9 @@ CONFIG_ROOT = Path(__file__).parent / "configs"
 #             kohya's default LoRA (networks.lora), so kohya recipes carry over rank for rank
 #   full      also the ResNet blocks' convolutions and time projections and the resamplers: kohya's LoCon
 #             (conv_dim) / LyCORIS's full preset; the stem (conv_in/out) and embeddings stay frozen, as there
+# a single file's keys that say how it samples, what ComfyUI reads (NoobAI-XL V-Pred carries both), by the change
+# loading.follow_lora_schedule names
+SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_TRANSFORMER = UNET_ATTENTION + ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")

@@ -35,12 +35,9 @@ from lowvram.models.detect import (
     path_not_found,
     quiet_hub,
 )
-from lowvram.models.families import DEFAULT_READING, FAMILIES, ModelFamily, family_for_pipeline
+from lowvram.models.families import DEFAULT_READING, FAMILIES, SCHEDULE_MARKERS, ModelFamily, family_for_pipeline
 from lowvram.models.ldm_layout import SD15_CLIP_PREFIX
 
-# a single file's keys that say how it samples, what ComfyUI reads (NoobAI-XL V-Pred carries both), by the change
-# follow_lora_schedule names
-SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
 
 
@@ -365,23 +362,36 @@ class _quiet_diffusers:
         self.logger.setLevel(self.level)
 
 
-def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = False) -> list[str]:
+def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = False) -> tuple[list[str], str]:
     """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
     ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
     text reading are set to what training used (the clip skip kept with `keep_clip_skip`: one asked for). What was
-    changed, in words."""
+    changed, in words; and a note where the LoRA was trained on another model (its ss_sd_model_hash), whose
+    schedule is not this one's: a NoobAI-XL V-Pred LoRA on Illustrious samples as Illustrious does, as in ComfyUI."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(lora), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (OSError, SafetensorError):
-        return []  # _lycoris_kind names the unreadable file
+        return [], ""  # _lycoris_kind names the unreadable file
     scheduler, changes = model.pipeline.scheduler, []
-    if metadata.get("modelspec.prediction_type") == "v" and scheduler.config.prediction_type != "v_prediction":
+    wanted = [what for what, trained, found in (
+        ("v-prediction", metadata.get("modelspec.prediction_type") == "v", scheduler.config.prediction_type
+         == "v_prediction"),
+        ("zero terminal SNR", metadata.get("ss_zero_terminal_snr") == "True",
+         scheduler.config.get("rescale_betas_zero_snr"))) if trained and not found]
+    trained_on = metadata.get("ss_sd_model_hash", "")
+    if wanted and trained_on and model.hash and trained_on != model.hash:
+        named = metadata.get("ss_sd_model_name") or f"hash {trained_on}"
+        rescaled = "with" if scheduler.config.get("rescale_betas_zero_snr") else "without"
+        return [], (f"{lora.name} was trained with {' and '.join(wanted)} on another model ({named}): {model.name} "
+                    f"keeps its own schedule ({scheduler.config.prediction_type}, {rescaled} zero terminal SNR), as "
+                    "ComfyUI and AUTOMATIC1111 sample it")
+    if "v-prediction" in wanted:
         scheduler.register_to_config(prediction_type="v_prediction")
         changes.append("v-prediction")
-    if metadata.get("ss_zero_terminal_snr") == "True" and not scheduler.config.get("rescale_betas_zero_snr"):
+    if "zero terminal SNR" in wanted:
         model.pipeline.scheduler = zero_terminal_snr_sampler(scheduler)
         changes.append("zero terminal SNR")
     skip = metadata.get("ss_clip_skip", "")
@@ -389,4 +399,4 @@ def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = 
     if not keep_clip_skip and skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
         model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
         changes.append(f"clip skip {skip}")
-    return changes
+    return changes, ""

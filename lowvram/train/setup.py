@@ -293,6 +293,10 @@ def noise_schedules(model: LoadedModel, config: RunConfig):
         pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
     zero_snr = pipeline.scheduler.config.get("rescale_betas_zero_snr", False)
     if zero_snr and pipeline.scheduler.config.prediction_type != "v_prediction":
+        if config.model.prediction_type == "epsilon" and not config.model.zero_terminal_snr:  # (the epsilon is the
+            raise LowvramError(f"--prediction-type epsilon: {config.model.model} has a zero-terminal-SNR schedule (its "
+                               "ztsnr key), where the last timestep's input is pure noise and an epsilon prediction "
+                               "has nothing to predict; leave --prediction-type out to train as it predicts")  # flag's)
         flag, marker = ("--zero-terminal-snr", "") if config.model.zero_terminal_snr else ("--model", " (its ztsnr key)")
         raise LowvramError(f"{flag}: {config.model.model} predicts epsilon with a zero-terminal-SNR schedule{marker}; "
                            f"{ZERO_SNR_NEEDS_V}")
