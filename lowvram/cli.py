@@ -484,6 +484,10 @@ def _run_command(argv: list[str] | None) -> int:
                     if size:
                         parse_size(size, flag)  # wrong on any machine, one without a GPU too
                 if args.dry_run:  # (what a kohya_ss user compares with what kohya would do, before a GPU hour)
+                    from lowvram.hardware import NO_GPU
+                    from lowvram.resolve import resolve_run
+
+                    resolve_run(config, NO_GPU)  # the checks of the model's family the run makes (plan's too)
                     dry_run_blocks(config)
                     print_run_options(config, args.auto)
                     return 0

@@ -629,6 +629,13 @@ def idle_option_notes(c: RunConfig) -> list[str]:
         if not switched_on and value != field.default:
             shown = f'"{value}"' if isinstance(value, str) else f"{value:g}"
             notes.append(f"{flag_name(field)} {shown} changes nothing without {switch}")
+    # (warnings, not refusals: a run config saved by an older version may hold them)
+    if c.optim.scheduler_cycles != 1 and c.optim.scheduler != "cosine_with_restarts":
+        notes.append(f"warning: --scheduler-cycles {c.optim.scheduler_cycles} has no effect with --scheduler "
+                     f"{c.optim.scheduler}; only cosine_with_restarts restarts")
+    if c.optim.warmup_steps and c.optim.scheduler == "constant" and not spec_of(c.optim.optimizer).schedule_free:
+        notes.append(f"warning: --warmup-steps {c.optim.warmup_steps:g} has no effect with --scheduler constant; use "
+                     "--scheduler constant_with_warmup (or cosine) to warm up")
     return notes
 
 

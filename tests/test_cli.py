@@ -411,6 +411,14 @@ def test_option_errors_come_before_any_heavy_import():
     assert "--rank: must be > 0" in done.stderr and "--background: 'purple' is not a colour" in done.stderr
 
 
+def test_a_dry_run_makes_the_checks_of_the_models_family_the_run_makes(capsys):
+    """--text-encoder-2-lr on an SD1.5 model: plan and the run refused it, --dry-run printed the options."""
+    argv = ["train", "--model", "tiny", "--data", "sample", "--train-text-encoder", "--text-encoder-2-lr", "1e-5",
+            "--dry-run"]
+    assert main(argv) == 2
+    assert "--text-encoder-2-lr: tiny SD (random weights) has one text encoder" in capsys.readouterr().err
+
+
 def test_a_vram_budget_that_is_no_size_is_refused_on_a_machine_without_a_gpu_too(tmp_path, capsys):
     """--auto plans nothing without a GPU, so the budget was never read and the run went on."""
     argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "run"), "--auto",

@@ -494,21 +494,31 @@ def test_a_kohya_flag_without_a_counterpart_says_what_to_do_instead(capsys):
     assert "--v2 is kohya's: Stable Diffusion 2 is not a family lowvram trains" in capsys.readouterr().err
 
 
-def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path):
+def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path, capsys):
     """The character preset's 100 warm-up steps with --max-steps 10 would keep the learning rate near zero."""
     printed = io.StringIO()
     train(run_config(output=str(tmp_path / "a"), scheduler="cosine", warmup_steps=100, max_steps=3),
           Console(file=printed, width=300))
     assert "--warmup-steps 100 is most of this run's 3 steps: the learning rate never reaches --lr" in printed.getvalue()
-    ignored = io.StringIO()  # the constant schedule has no warm-up at all
-    train(run_config(output=str(tmp_path / "c"), warmup_steps=2, max_steps=3, scheduler_cycles=2),
-          Console(file=ignored, width=300))
-    assert "--warmup-steps 2 has no effect with --scheduler constant" in ignored.getvalue()
-    assert "--scheduler-cycles 2 has no effect with --scheduler constant" in ignored.getvalue()
+    # the constant schedule has no warm-up at all; said with the options, so that --dry-run says it too (it did not)
+    from lowvram.cli import main
+
+    argv = ["train", "--model", "tiny", "--data", "sample", "--output", str(tmp_path / "c"), "--warmup-steps", "2",
+            "--scheduler-cycles", "2", "--dry-run"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "warning: --warmup-steps 2 has no effect with --scheduler constant" in said
+    assert "warning: --scheduler-cycles 2 has no effect with --scheduler constant" in said
+    restarts = io.StringIO()  # (20 cycles in 10 steps: the rate held at --lr throughout, unsaid)
+    train(run_config(output=str(tmp_path / "r"), scheduler="cosine_with_restarts", scheduler_cycles=3, max_steps=4),
+          Console(file=restarts, width=300))
+    assert ("--scheduler-cycles 3 leaves each cycle under 2 of the 4 steps after the warm-up, so the rate barely "
+            "decays (or not at all) before each restart; lower --scheduler-cycles (say 1)") in restarts.getvalue()
     quiet = io.StringIO()
     train(run_config(output=str(tmp_path / "b"), scheduler="cosine", warmup_steps=1, max_steps=3),
           Console(file=quiet, width=300))
-    assert "--warmup-steps" not in quiet.getvalue()
+    assert "--warmup-steps" not in quiet.getvalue() and "--scheduler-cycles" not in quiet.getvalue()
 
 
 def test_a_toml_with_an_unknown_key_still_reports_its_wrong_values(tmp_path):

@@ -539,20 +539,18 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         session.console.print(f"[yellow]note:[/] the LoRA is named {escape(config.output_name)}{LORA_SUFFIX}, after "
                               "its folder; --name NAME names it (ComfyUI and AUTOMATIC1111 list LoRAs by file name)",
                               soft_wrap=True)
-    if config.optim.scheduler_cycles != 1 and config.optim.scheduler != "cosine_with_restarts":
-        session.console.print(f"[yellow]warning:[/] --scheduler-cycles {config.optim.scheduler_cycles} has no effect "
-                              f"with --scheduler {config.optim.scheduler}; only cosine_with_restarts restarts",
-                              soft_wrap=True)  # (a warning: a run config saved by an older version may hold them)
-    warmup = schedule.warmup_steps
-    if warmup and config.optim.scheduler == "constant" and not spec_of(config.optim.optimizer).schedule_free:
-        session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} has no effect with --scheduler constant; "
-                              "use --scheduler constant_with_warmup (or cosine) to warm up", soft_wrap=True)
-    elif warmup > schedule.total_steps / 2 and (config.optim.scheduler != "constant"
-                                                or spec_of(config.optim.optimizer).schedule_free):
+    warmup = schedule.warmup_steps  # (one with --scheduler constant, or idle cycles, said with the options)
+    if warmup > schedule.total_steps / 2 and (config.optim.scheduler != "constant"
+                                              or spec_of(config.optim.optimizer).schedule_free):
         reached = "never reaches" if warmup >= schedule.total_steps else "reaches only late"
         session.console.print(f"[yellow]warning:[/] --warmup-steps {warmup} is most of this run's {schedule.total_steps} "
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
+    cycles, decaying = config.optim.scheduler_cycles, schedule.total_steps - warmup
+    if config.optim.scheduler == "cosine_with_restarts" and decaying and cycles > decaying / 2:  # (20 cycles in 10
+        session.console.print(f"[yellow]warning:[/] --scheduler-cycles {cycles} leaves each cycle under 2 of the "  # steps:
+                              f"{decaying} steps after the warm-up, so the rate barely decays (or not at all) before "  # held
+                              f"each restart; lower --scheduler-cycles (say {max(1, decaying // 10)})", soft_wrap=True)  # at --lr)
     trained_alphas = {alpha for alpha, rank in zip(run.blocks.alphas, run.blocks.ranks) if rank} if run.blocks else ()
     if len(trained_alphas) > 1 and config.output.format != "diffusers":  # (a block of rank 0 has no adapters)
         session.console.print("[yellow]note:[/] --block-alphas differ between blocks: diffusers' reader of kohya files "
