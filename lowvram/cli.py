@@ -37,6 +37,7 @@ from lowvram.configure import (
     with_dataset_settings,
     with_preset_alpha,
     without_idle_kept_tags,
+    without_preset_rates,
 )
 from lowvram.console import another_process, launched_processes, to_nowhere, unwritten_remedy, watched_output
 from lowvram.errors import LowvramError, Refused, TrainingInterrupted, first_line, host_memory_ran_out, shell_line
@@ -332,6 +333,9 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
         values, note = with_preset_alpha(values, layers[0], layers[1:])
         if note:
             print(note, file=sys.stderr)
+    values, note = without_preset_rates(values, layers[0], layers[1:])
+    if note:
+        print(note, file=sys.stderr)
     for name in ("reg_data", "validation_data", "network_weights"):  # `--reg-data ""`: none, over a config's (as
         if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
             values.pop(name, None)

@@ -499,6 +499,32 @@ def with_preset_alpha(values: dict[str, Any], preset: dict[str, Any], above: lis
                                        f"(its {preset['alpha']:g} of rank {preset['rank']}); --alpha sets your own")
 
 
+def without_preset_rates(values: dict[str, Any], preset: dict[str, Any], above: list[dict[str, Any]]
+                         ) -> tuple[dict[str, Any], str | None]:
+    """A preset's learning rate (and schedule) where the optimizer chosen above it finds its own step size: Prodigy's
+    --lr is a multiplier around 1 (the preset's 1e-4 trained almost nothing, refused as a --lr never given), and
+    Adafactor with relative_step uses no rate or schedule. Returns the values without them, and a note."""
+    from lowvram.optim import sets_own_step_sizes, spec_of
+
+    name = str(values.get("optimizer") or "")
+    if not name or "optimizer" in preset or not any("optimizer" in layer for layer in above):
+        return values, None
+    spec = spec_of(name)
+    if sets_own_step_sizes(spec.name, values.get("optimizer_args") or ()):
+        dropped = ["lr", "scheduler", "warmup_steps"]
+        why = f"{spec.name} with relative_step=True sets its own step sizes"
+    elif spec.learning_rate_free:
+        dropped, why = ["lr"], f"{spec.name} finds its step size itself (its --lr, 1.0, scales it)"
+    else:
+        return values, None
+    dropped = [name for name in dropped if name in preset and not any(name in layer for layer in above)]
+    if not dropped:
+        return values, None
+    shown = ", ".join(f"{name} {preset[name]}" for name in dropped)
+    return ({key: value for key, value in values.items() if key not in dropped},
+            f"the preset's {shown} left out: {why}")
+
+
 def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) -> dict[str, Any]:
     """The merged values less a file's keep_tokens where nothing moves the tags (kohya_ss writes it either way, and
     kohya's config and dataset file may each hold one half); one `typed` on the command line stays, to be refused."""
