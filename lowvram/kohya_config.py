@@ -221,6 +221,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     values |= _network(left, notes, problem)
     values |= _base_weights(left, problem)
     rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))
+    text_rate_default = all(left.get(key) is None for key in ("learning_rate", "text_encoder_lr"))
     values |= _learning_rates(left, values["train_text_encoder"], problem)
     set_by = None  # sd-scripts' older switches for their optimizers (a kohya_ss GUI file's are read as it reads them)
     for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
@@ -238,6 +239,12 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
                 "otherwise); use constant, or optimizer_type Adafactor without relative_step=False")
     if left.get("lr_scheduler") == "adafactor":
         left.pop("lr_scheduler")
+    if spec.learning_rate_free and text_rate_default and "text_encoder_lr" in values:  # (prodigyopt refuses groups
+        notes.append(f"text_encoder_lr: not given, so kohya's default learning_rate {KOHYA_LEARNING_RATE:g} would be "  # at
+                     f"the text encoder's, beside unet_lr {values['lr']:g}, and {spec.name} takes one rate for all "  # other
+                     "(kohya stops at its first step): the text encoder trains at the U-Net's "  # rates)
+                     "(network_train_unet_only trains the U-Net alone)")
+        del values["text_encoder_lr"]
     if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing
         values["lr"] = spec.default_lr
         notes.append(f"learning_rate: not given; kohya's default {KOHYA_LEARNING_RATE:g} scales {spec.name}'s own "

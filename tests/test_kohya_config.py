@@ -440,6 +440,19 @@ def test_dim_from_weights_leaves_the_rank_and_alpha_to_the_file(tmp_path):
     assert (config.network.rank, config.network.alpha) == (8, 4)
 
 
+def test_a_learning_rate_free_optimizer_trains_the_text_encoder_at_the_unets_rate_not_kohyas_default(tmp_path):
+    """unet_lr 1 with Prodigy and no learning_rate: kohya's default 2e-6 was the text encoder's, and the config was
+    refused "drop --text-encoder-lr", a rate it never gave (kohya stops at Prodigy's first step)."""
+    settings = {"pretrained_model_name_or_path": "tiny", "train_data_dir": "sample", "optimizer_type": "Prodigy",
+                "unet_lr": 1, "max_train_steps": 2}
+    values, notes = translate(settings, tmp_path / "k.toml")
+    assert values["lr"] == 1 and values["train_text_encoder"] and "text_encoder_lr" not in values
+    assert any(note.startswith("text_encoder_lr: not given, so kohya's default learning_rate 2e-06 would be the text "
+                               "encoder's, beside unet_lr 1, and prodigy takes one rate for all") for note in notes)
+    build_config(values_of(tmp_path, settings))  # trains, not refused
+    assert translate(settings | {"learning_rate": 0.5}, tmp_path / "k.toml")[0]["text_encoder_lr"] == 0.5  # its own
+
+
 def test_kohyas_cosine_with_min_lr_and_onetrainers_min_factor_floor_the_schedule():
     from lowvram.onetrainer_config import translate_onetrainer
 
