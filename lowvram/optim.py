@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,11 +195,18 @@ def library_defaults(values: dict) -> dict:
 def optimizer_kwargs(name: str, items: tuple[str, ...] | list[str]) -> dict:
     """--optimizer-arg's KEY=VALUE items as the optimizer's keyword arguments; a ValueError names a wrong one."""
     kinds = dict(OPTIMIZERS[name].args) if name in OPTIMIZERS else None
-    kwargs = {}
+    kwargs, seen = {}, {}
     for item in items:
+        if len(several := str(item).split()) > 1 and all(re.fullmatch(r"[^=\s]+=\S+", part) for part in several):
+            flags = " ".join(f"--optimizer-arg {part}" for part in several)  # (kohya_ss's one string of them)
+            raise ValueError(f"'{item}' holds {len(several)} settings: give each as its own item ({flags}; in a TOML "
+                             f"file, optimizer_args = {json.dumps(several)})")
         key, sep, text = (part.strip() for part in str(item).partition("="))
         if not sep or not key or not text:
             raise ValueError(f"'{item}' is not KEY=VALUE (e.g. betas=0.9,0.99)")
+        if key in seen:  # (the last won, and the file's ss_optimizer named both)
+            raise ValueError(f"{key} is given twice ({key}={seen[key]}, {key}={text}): give it once")
+        seen[key] = text
         if key in ("weight_decay", "lr"):  # the run's own options, which the optimizer's groups carry
             raise ValueError(f"{key}={text}: give it as --{key.replace('_', '-')} {text}")
         if kinds is None:  # a class's: read as kohya reads them (a Python literal, else the text)

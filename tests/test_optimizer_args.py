@@ -41,7 +41,16 @@ def test_a_wrong_setting_is_one_line_naming_what_the_optimizer_takes():
     for items, says in ((["d_coef=2"], "--optimizer-arg: adamw takes no 'd_coef' here; it takes betas, eps, amsgrad"),
                         (["betas=0.9"], "--optimizer-arg: betas=0.9: must be two numbers, comma-separated"),
                         (["weight_decay=0.1"], "--optimizer-arg: weight_decay=0.1: give it as --weight-decay 0.1"),
-                        (["decouple"], "--optimizer-arg: 'decouple' is not KEY=VALUE (e.g. betas=0.9,0.99)")):
+                        (["decouple"], "--optimizer-arg: 'decouple' is not KEY=VALUE (e.g. betas=0.9,0.99)"),
+                        # (the last won, unsaid, and ss_optimizer named both)
+                        (["eps=1e-8", "eps=1e-6"], ("--optimizer-arg: eps is given twice (eps=1e-8, eps=1e-6): give it "
+                                                   "once")),
+                        # kohya_ss's one string of them, read as one setting: "amsgrad=True eps=1e-8: must be True or
+                        # False"
+                        (["amsgrad=True eps=1e-8"], ("--optimizer-arg: 'amsgrad=True eps=1e-8' holds 2 settings: give "
+                                                    "each as its own item (--optimizer-arg amsgrad=True --optimizer-arg "
+                                                    "eps=1e-8; in a TOML file, optimizer_args = [\"amsgrad=True\", "
+                                                    "\"eps=1e-8\"])"))):
         with pytest.raises(LowvramError) as error:
             run_config(optimizer_args=items)
         assert str(error.value) == says
