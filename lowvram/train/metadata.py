@@ -46,6 +46,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     config, family, resolution = run.config, model.family, run.resolution
     prediction = model.pipeline.scheduler.config.prediction_type
     own_steps = sets_own_step_sizes(config.optim.optimizer, config.optim.optimizer_args)
+    # kohya's ss_optimizer: the class and its settings, weight_decay among them (lowvram's own option)
+    settings = ",".join([f"weight_decay={config.optim.weight_decay:g}", *config.optim.optimizer_args])
     now = datetime.now(timezone.utc)
     described = modelspec(family.modelspec_architecture, config.output.metadata_title or config.output_name,
                           f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
@@ -101,8 +103,7 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
         "ss_unet_lr": "None" if own_steps else f"{config.lr:g}",
         "ss_text_encoder_lr": "None" if own_steps else _text_encoder_rates(config, len(family.text_encoders)),
         "ss_lr_scheduler": "adafactor" if own_steps else config.optim.scheduler,
-        "ss_optimizer": config.optim.optimizer + (f"({','.join(config.optim.optimizer_args)})"
-                                                  if config.optim.optimizer_args else ""),
+        "ss_optimizer": f"{config.optim.optimizer}({settings})",
         "ss_scale_weight_norms": f"{config.optim.scale_weight_norms:g}" if config.optim.scale_weight_norms else "None",
         "ss_loraplus_lr_ratio": f"{config.optim.loraplus_ratio:g}" if config.optim.loraplus_ratio else "None",
         "ss_loraplus_text_encoder_lr_ratio": (f"{config.optim.loraplus_text_encoder_ratio:g}"
