@@ -108,6 +108,21 @@ def mixed_precision_name(text: str) -> str:
     return name
 
 
+def scheduler_name(text: str) -> str:
+    """--scheduler as lowvram names it, in any case; kohya's schedules that are lowvram's with other options, named
+    with those."""
+    name = text.lower()
+    if name == "cosine_with_min_lr":
+        raise ValueError("'cosine_with_min_lr' is kohya's cosine down to a floor: give --scheduler cosine --min-lr-ratio "
+                         "R (the floor's share of --lr)")
+    if name == "adafactor":
+        raise ValueError("'adafactor' is kohya's schedule of Adafactor's own step sizes: give --optimizer adafactor "
+                         "--optimizer-arg relative_step=True, which sets them with no schedule")
+    if name not in SCHEDULERS:
+        raise ValueError(f"'{text}' is not one of {', '.join(SCHEDULERS)}")
+    return name
+
+
 def network_name(text: str) -> str:
     """--network as lowvram names it, in any case; LyCORIS' LoCon is refused with its lowvram spelling."""
     if text.lower() == "locon":
@@ -430,7 +445,7 @@ class OptimConfig:
     max_grad_norm: float = option(1.0, "Clip the gradient norm to this value (0 disables clipping).")
     scheduler: str = option("constant", "Learning-rate schedule (rex: OneTrainer's REX, which holds the rate longer "
                             "than linear then drops it; inverse_sqrt and warmup_stable_decay: transformers', as "
-                            "kohya's).", choices=SCHEDULERS)
+                            "kohya's).", choices=SCHEDULERS, spelling=scheduler_name)
     warmup_steps: float = option(0.0, "Linear warm-up steps (used by every schedule except 'constant'); under 1, a "
                                  "share of the run's steps (0.1: the first tenth), as kohya's and OneTrainer's "
                                  "read it.", metavar="N")

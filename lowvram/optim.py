@@ -134,6 +134,8 @@ def optimizer_name(text: str) -> str:
             raise ValueError(f"'{text}' is kohya's {path} with {' '.join(settings)}: give --optimizer {path} "
                              + " ".join(f"--optimizer-arg {setting}" for setting in settings))
         return path
+    if torch_name := next((name for name in TORCH_OPTIMIZERS if name.lower() == text.lower()), None):
+        return f"torch.optim.{torch_name}"  # (kohya's bare name of one: SGD, RAdam)
     called = re.fullmatch(r"\s*([\w.]+)\((.*)\)\s*", text)
     if called:  # a LoRA's ss_optimizer, pasted: kohya writes the class with its settings
         own = KOHYA_OPTIMIZERS.get(re.sub(r"[^a-z0-9]", "", called[1].rsplit(".", 1)[-1].lower()))  # (AdamW8bit)

@@ -295,3 +295,24 @@ def test_a_learning_rate_free_optimizers_scale_is_refused_for_adam(tmp_path):
     run_config(optimizer="prodigy", lr=1.0)
     run_config(optimizer="adamw", lr=1e-3)
     run_config(optimizer="torch.optim.Adam", lr=1.0)  # a class by its path may find its own step size: not refused
+
+
+def test_kohyas_bare_torch_optimizer_and_its_scheduler_names_are_read_or_named_on_the_command_line(capsys):
+    """--optimizer SGD (kohya's optimizer_type, a torch.optim class by its bare name) was "names no optimizer", and
+    --scheduler cosine_with_min_lr or adafactor argparse's bare "invalid choice"."""
+    from lowvram.cli import build_parser, main, train_values
+    from lowvram.configure import build_config
+
+    def optim(*flags):
+        return build_config(train_values(build_parser().parse_args(["train", "--model", "tiny", "--data", "sample",
+                                                                     *flags]))).optim
+
+    assert optim("--optimizer", "SGD").optimizer == "torch.optim.SGD"
+    assert optim("--optimizer", "radam").optimizer == "torch.optim.RAdam"
+    assert optim("--scheduler", "Cosine").scheduler == "cosine"
+    for name, says in (("cosine_with_min_lr", ("'cosine_with_min_lr' is kohya's cosine down to a floor: give "
+                                              "--scheduler cosine --min-lr-ratio R")),
+                       ("adafactor", ("'adafactor' is kohya's schedule of Adafactor's own step sizes: give --optimizer "
+                                     "adafactor --optimizer-arg relative_step=True"))):
+        assert main(["train", "--model", "tiny", "--data", "sample", "--scheduler", name, "--dry-run"]) == 2
+        assert says in capsys.readouterr().err
