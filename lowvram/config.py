@@ -491,7 +491,8 @@ class TrainingConfig:
                                   spelling=mixed_precision_name)
     checkpoint_every: str | None = option(None, "Save a resumable checkpoint every N steps ('500') or N epochs "
                                           "('1e': with each epoch's LoRA, as kohya's save_state) (always at the end "
-                                          "and on Ctrl-C; 0: only then).", metavar="N[e]")
+                                          "and on Ctrl-C; 0: only then and by --checkpoint-minutes).",
+                                          metavar="N[e]")
     checkpoint_minutes: float = option(30.0, "Also save a resumable checkpoint once this many minutes have passed "
                                        "since the last (0: never), so that a run killed without warning (a notebook "
                                        "cell stopped, a lost connection) loses at most that much.", metavar="MINUTES")

@@ -40,6 +40,7 @@ from lowvram.option_values import (
     MIN_RESOLUTION,
     caption_extension_problem,
     caption_template_problem,
+    is_time,
     parse_colour,
     parse_resolutions,
     parse_save_every,
@@ -550,7 +551,8 @@ def _training_problems(c: RunConfig) -> list[str]:
     try:
         parse_save_every(c.training.checkpoint_every)
     except ValueError as exc:
-        p.append(f"--checkpoint-every: {exc}")
+        by_time = "; --checkpoint-minutes M saves one every M minutes" if is_time(c.training.checkpoint_every) else ""
+        p.append(f"--checkpoint-every: {exc}{by_time}")
     positive(p, "checkpoint-minutes", c.training.checkpoint_minutes, allow_zero=True)
     positive(p, "checkpoint-blocks", c.memory.checkpoint_blocks)
     if c.memory.cuda_graphs and not c.memory.compile:

@@ -435,7 +435,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         notes.append(f"cache_dir {doc['cache_dir']}: not carried over; lowvram keeps one cache for every run "
                      "(--cache-dir, or LOWVRAM_CACHE_DIR): give --cache-dir to put it there")
     for key, option in (("save_every", "save_every"), ("sample_after", "sample_every")):
-        every = _every(doc, key, notes)
+        every = _every(doc, key, notes, option)
         if every:
             values[option] = every
     if doc.get("validation"):
@@ -468,9 +468,11 @@ def _backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         return {"checkpoint_minutes": 0}
     if unit in MINUTES_PER:
         return {"checkpoint_minutes": count * MINUTES_PER[unit]} | _kept_backups(doc, notes, problem)
-    if unit == "STEP":
-        return {"checkpoint_every": int(count)} | _kept_backups(doc, notes, problem)
-    notes.append(f"backup_after {count:g} {unit}: lowvram checkpoints every N steps or minutes; not carried over")
+    if unit in ("STEP", "EPOCH", "ALWAYS"):  # (by epochs: kohya's save_state's, lowvram's Ne)
+        every = "1" if unit == "ALWAYS" else f"{max(1, int(count))}{'e' * (unit == 'EPOCH')}"
+        return {"checkpoint_every": every} | _kept_backups(doc, notes, problem)
+    notes.append(f"backup_after {count:g} {unit}: lowvram checkpoints every N steps, epochs or minutes; not carried "
+                 "over")
     return {}
 
 
@@ -487,7 +489,7 @@ def _kept_backups(doc: dict[str, Any], notes: list[str], problem) -> dict[str, A
     return {}
 
 
-def _every(doc: dict[str, Any], key: str, notes: list[str]) -> str | None:
+def _every(doc: dict[str, Any], key: str, notes: list[str], option: str) -> str | None:
     """OneTrainer's `key` with its unit as lowvram's 'N' steps or 'Ne' epochs (ALWAYS: every step, whatever the
     count); None where it is off (or timed)."""
     unit = _upper(doc, f"{key}_unit") or "NEVER"
@@ -498,7 +500,10 @@ def _every(doc: dict[str, Any], key: str, notes: list[str]) -> str | None:
         return None
     if unit in ("STEP", "EPOCH"):
         return f"{count}{'e' if unit == 'EPOCH' else ''}"
-    notes.append(f"{key} {count} {unit}: lowvram counts in steps or epochs, not time; not carried over")
+    flag = "--" + option.replace("_", "-")
+    notes.append(f"{key} {count} {unit}: lowvram counts in steps or epochs, not time; not carried over (the run "
+                 f"{'samples' if 'sample' in key else 'saves'} at its end: {flag} N, or Ne for every N epochs, does so "
+                 "along the way)")
     return None
 
 

@@ -5,6 +5,7 @@ background colour, a caption extension, kohya's width,height resolution, and a L
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from lowvram.errors import LowvramError
@@ -22,7 +23,14 @@ def parse_save_every(value: str | None) -> tuple[int, str] | None:
             if number.isdigit() and int(number) > 0:
                 return int(number), unit
             break
+    if is_time(text):  # (OneTrainer's units: 10 MINUTE)
+        raise ValueError(f"'{value}' is a time; this counts steps ('500') or epochs ('2e')")
     raise ValueError(f"'{value}' is not a positive number of steps ('500') or epochs ('2e')")
+
+
+def is_time(text: str) -> bool:
+    """Whether an interval is written as a time: 10m, 30min, 2h, 1.5hours."""
+    return bool(re.fullmatch(r"\d+(\.\d+)?(m|mins?|minutes?|h|hrs?|hours?)", str(text).strip().lower().replace(" ", "")))
 
 
 def parse_until(value: str | None) -> tuple[float, str] | None:

@@ -147,6 +147,15 @@ def test_save_every_rejects_nonsense(text):
         parse_save_every(text)
 
 
+def test_an_interval_written_as_a_time_names_the_option_that_counts_minutes():
+    """OneTrainer's habit, --checkpoint-every 10m: "not a positive number of steps", without --checkpoint-minutes."""
+    with pytest.raises(LowvramError, match=r"^--checkpoint-every: '10m' is a time; this counts steps \('500'\) or "
+                                           r"epochs \('2e'\); --checkpoint-minutes M saves one every M minutes$"):
+        build_config({"model": "tiny", "data": "sample", "checkpoint_every": "10m"})
+    with pytest.raises(LowvramError, match=r"^--sample-every: '1.5 hours' is a time; this counts steps"):
+        build_config({"model": "tiny", "data": "sample", "sample_every": "1.5 hours", "sample_prompts": ["x"]})
+
+
 def test_resolved_config_replays_to_the_same_config(tmp_path):
     config = build_config({"model": "tiny", "data": "sample", "rank": 8, "alpha": 4, "sample_prompts": ["a", "b"], "lr": 3e-4,
                            "min_snr_gamma": 5, "save_every": "2e"})

@@ -195,16 +195,20 @@ def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
     for backups, expected in (({"backup_after": 30, "backup_after_unit": "MINUTE"}, {"checkpoint_minutes": 30}),
                               ({"backup_after": 2, "backup_after_unit": "HOUR"}, {"checkpoint_minutes": 120}),
                               ({"backup_after": 90, "backup_after_unit": "SECOND"}, {"checkpoint_minutes": 1.5}),
-                              ({"backup_after": 500, "backup_after_unit": "STEP"}, {"checkpoint_every": 500}),
+                              ({"backup_after": 500, "backup_after_unit": "STEP"}, {"checkpoint_every": "500"}),
+                              ({"backup_after": 2, "backup_after_unit": "EPOCH"}, {"checkpoint_every": "2e"}),
                               ({"backup_after": 30, "backup_after_unit": "NEVER"}, {"checkpoint_minutes": 0}),
                               ({"backup_after": 10}, {"checkpoint_minutes": 10}),  # (its presets: minutes)
                               ({"backup_after_unit": "HOUR"}, {"checkpoint_minutes": 30 * 60})):
         values, notes = translate_onetrainer(CONFIG | backups, folder)
         assert {key: values[key] for key in ("checkpoint_minutes", "checkpoint_every") if key in values} == expected
         assert not any("backup" in note for note in notes), notes
-    values, notes = translate_onetrainer(CONFIG | {"backup_after": 2, "backup_after_unit": "EPOCH"}, folder)
-    assert "checkpoint_minutes" not in values and "checkpoint_every" not in values
-    assert "backup_after 2 EPOCH: lowvram checkpoints every N steps or minutes; not carried over" in notes
+    # (by epochs it was not carried over: lowvram checkpointed by steps or minutes alone then); a time for samples is
+    # said with the options that sample along the way
+    values, notes = translate_onetrainer(CONFIG | {"sample_after": 10, "sample_after_unit": "MINUTE"}, folder)
+    assert "sample_every" not in values
+    assert ("sample_after 10 MINUTE: lowvram counts in steps or epochs, not time; not carried over (the run samples at "
+            "its end: --sample-every N, or Ne for every N epochs, does so along the way)") in notes
     # how many it keeps: OneTrainer's newest rolling_backup_count, or every one (lowvram's two took the older away)
     for rolling, kept in (({"rolling_backup": True, "rolling_backup_count": 5}, 5), ({"rolling_backup": True}, 3)):
         assert translate_onetrainer(CONFIG | rolling, folder)[0]["keep_checkpoints"] == kept
