@@ -573,6 +573,12 @@ def preset_path(name: str) -> Path:
     if Path(name).suffix == ".toml" and Path(name).is_file():
         return Path(name)
     path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file() and (name.startswith("#") or Path(name).suffix.lower() == ".json"):
+        # (OneTrainer's presets, '#sdxl 1.0 LoRA', are its whole training configs, which --config reads)
+        what = "a OneTrainer preset" if name.startswith("#") else "a JSON config"
+        fix = (f"its file (OneTrainer's training_presets/{name}.json) goes to --config" if name.startswith("#")
+               else "it goes to --config, which reads OneTrainer's and kohya_ss's")
+        raise LowvramError(f"--preset: '{name}' is {what}: {fix}; lowvram's presets are {', '.join(list_presets())}")
     if not path.is_file():
         raise LowvramError(f"--preset: no preset '{name}'{_did_you_mean(name, list_presets())}; presets are "
                            f"{', '.join(list_presets())} (or give a .toml file)")

@@ -400,6 +400,12 @@ def test_max_steps_given_replaces_a_presets_epochs():
 def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(LowvramError, match="presets are character, object, style"):
         preset_path("charcter")
+    # OneTrainer's (its whole training config, which --config reads) and a JSON file's
+    with pytest.raises(LowvramError, match=r"^--preset: '#sdxl 1.0 LoRA' is a OneTrainer preset: its file \(OneTrainer's "
+                                           r"training_presets/#sdxl 1.0 LoRA.json\) goes to --config"):
+        preset_path("#sdxl 1.0 LoRA")
+    with pytest.raises(LowvramError, match=r"^--preset: 'mine.json' is a JSON config: it goes to --config"):
+        preset_path("mine.json")
     # an empty one (an unset shell variable's) trained with no preset, unsaid
     with pytest.raises(LowvramError, match="--preset: no preset ''; presets are"):
         train_values(build_parser().parse_args(["train", "--preset", "", "--data", "sample"]))
