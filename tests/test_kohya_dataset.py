@@ -459,6 +459,30 @@ def test_kohyas_metadata_file_in_an_image_folder_or_given_as_data_is_named_with_
     assert "fine-tuning" not in capsys.readouterr().out
 
 
+def test_a_recursive_subset_trains_the_images_of_its_subfolders_as_kohya_does(tmp_path, monkeypatch, capsys):
+    """kohya's recursive = true (a phone's date folders under one subset): it was "not carried over", and the images
+    below the image_dir did not train."""
+    monkeypatch.chdir(tmp_path)
+    images = image_folders(tmp_path)  # alpha/ (3 captioned), beta/ (3 not), reg/
+    shutil.move(images / "beta", images / "alpha" / "2023-07-14")
+    (images / "alpha" / "2023-07-14" / ".git").mkdir()  # (passed over, as the scan passes it over)
+    shutil.copy(next((images / "reg").glob("*.png")), images / "alpha" / "2023-07-14" / ".git")
+    report = tmp_path / "report.json"
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [
+        {"image_dir": "imgs/alpha", "recursive": True, "num_repeats": 2, "class_tokens": "ohwx"}]}]})
+    assert main(["check-data", "dataset.toml", "--model", "tiny", "--report", str(report)]) == 0
+    records = json.loads(report.read_text())["records"]
+    assert len(records) == 6 and all(r["repeats"] == 2 for r in records)
+    assert {r["caption"] for r in records if r["relpath"].startswith("2023-07-14/")} == {"ohwx"}
+    assert "not carried over" not in capsys.readouterr().err
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [{"image_dir": "imgs/alpha", "recursive": "yes"}]}]})
+    assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 2
+    assert "recursive: 'yes' is no switch" in capsys.readouterr().err
+    write(tmp_path / "dataset.toml", {"datasets": [{"subsets": [{"image_dir": "imgs/alpha"}]}]})  # without: its own
+    assert main(["check-data", "dataset.toml", "--model", "tiny", "--report", str(report)]) == 0
+    assert len(json.loads(report.read_text())["records"]) == 3
+
+
 def test_a_keep_tokens_separator_keeps_each_captions_own_front_tags(tmp_path, monkeypatch):
     """kohya's keep_tokens_separator from a dataset file: captions written "front ||| rest" keep their front tags
     in place whatever their number, and are trained without the separator."""

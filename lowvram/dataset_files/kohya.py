@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.config import fields_by_name
-from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, repeats_of, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, image_tree, repeats_of, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_found_hint, text_of
 from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
@@ -55,7 +55,7 @@ KOHYA_DEFAULTS = {"shuffle_caption": False, "keep_tokens": 0, "caption_extension
                   "caption_dropout_every_n_epochs": 0}
 SWITCH_VALUES = {"color_aug": (0.1, 0.0), "random_crop": ("random", "center")}  # kohya's switch -> (on, off)
 STRUCTURE = {"image_dir", "num_repeats", "class_tokens", "is_reg", "caption_prefix", "caption_suffix",
-             "metadata_file"}  # per subset
+             "metadata_file", "recursive"}  # per subset
 # nothing lowvram does changes with these: it caches its own scan, and resizes as it resizes
 INERT = {"cache_info", "resize_interpolation", "debug_dataset"}
 # settings whose work lowvram does otherwise, and the note that says how
@@ -124,26 +124,28 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
                 # (kohya's schema refuses them there; they were passed over, unsaid)
                 problem(f"{name} {key}", "a dataset's setting, not a subset's: its subsets share it; move it to "
                         "the [[datasets]] entry (or [general]), or make the subset a dataset of its own")
-            subset = _subset(settled, path, name, problem)
-            if subset is None:
+            given = _subset(settled, path, name, problem)
+            if given is None:
                 continue
-            if subset.folder in seen:
-                notes.append(f"{name}: {subset.folder} is already a subset of this dataset; kohya ignores the "
-                             "repeat, so does lowvram")
-                continue
-            seen.add(subset.folder)
-            if "caption_extension" not in settled and subset.captions is None and subset.folder.is_dir() and any(
-                    subset.folder.glob("*.txt")) and not any(subset.folder.glob("*.caption")):
-                notes.append(f"{name}: {NO_CAPTION_EXTENSION} (there are none); lowvram reads the .txt captions there "
-                             "(caption_extension = \".txt\" says so)")
-            named = repeats_of(subset.folder.name)
-            if "num_repeats" not in settled and named and named > 1:  # (a folder of kohya's layout; not 2019/)
-                notes.append(f"{name}: image_dir {subset.folder.name} trains once an epoch, as in kohya: a dataset "
-                             f"file reads num_repeats, not the folder's {named}_ (num_repeats = {named} repeats it "
-                             "so)")
-            subsets.append(subset)
-            per_dataset[-1].append(subset)
-            settings.append(settled)
+            tree = settled.get("recursive") is True and given.captions is None  # (each folder of it, as kohya)
+            for subset in [replace(given, folder=folder) for folder in image_tree(given.folder)] if tree else [given]:
+                if subset.folder in seen:
+                    notes.append(f"{name}: {subset.folder} is already a subset of this dataset; kohya ignores the "
+                                 "repeat, so does lowvram")
+                    continue
+                seen.add(subset.folder)
+                if "caption_extension" not in settled and subset.captions is None and subset.folder.is_dir() and any(
+                        subset.folder.glob("*.txt")) and not any(subset.folder.glob("*.caption")):
+                    notes.append(f"{name}: {NO_CAPTION_EXTENSION} (there are none); lowvram reads the .txt captions "
+                                 "there (caption_extension = \".txt\" says so)")
+                named = repeats_of(subset.folder.name)
+                if "num_repeats" not in settled and named and named > 1:  # (a folder of kohya's layout; not 2019/)
+                    notes.append(f"{name}: image_dir {subset.folder.name} trains once an epoch, as in kohya: a "
+                                 f"dataset file reads num_repeats, not the folder's {named}_ (num_repeats = {named} "
+                                 "repeats it so)")
+                subsets.append(subset)
+                per_dataset[-1].append(subset)
+                settings.append(settled)
     if "validation_split" in run_values:  # a dataset without one holds nothing out in kohya: so they differ
         run_values["validation_split"] = holds_out
     if subsets and not any(not s.regularization for s in subsets):
@@ -203,7 +205,7 @@ def _set(value: Any) -> bool:
 
 def _subset(settled: dict[str, Any], path: Path, name: str, problem) -> Subset | None:
     """One [[datasets.subsets]] entry with its settings settled, or None (its problems recorded)."""
-    switches = [key for key, default in KOHYA_DEFAULTS.items() if isinstance(default, bool)] + ["is_reg"]
+    switches = [key for key, default in KOHYA_DEFAULTS.items() if isinstance(default, bool)] + ["is_reg", "recursive"]
     for key in switches:  # ("false" in quotes was read as on, "true" for is_reg as off; kohya refuses any but a bool)
         if key in settled and not isinstance(settled[key], bool):
             problem(f"{name} {key}", f"{settled[key]!r} is no switch; write true or false, without quotes")

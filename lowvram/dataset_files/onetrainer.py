@@ -20,10 +20,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS
-from lowvram.dataset_files.subsets import DatasetFile, Subset, settle
+from lowvram.dataset_files.subsets import DatasetFile, Subset, image_tree, images_in, settle
 from lowvram.errors import LowvramError
-from lowvram.files import local_path, not_found_hint, passed_over, text_of
+from lowvram.files import local_path, not_found_hint, text_of
 from lowvram.kohya_config import as_number
 from lowvram.onetrainer_optimizers import misspelt
 from lowvram.prompts import is_prompt_list
@@ -192,19 +191,7 @@ def _folders(concept: dict, path: Path, where: str, problem) -> list[Path] | Non
                                  f"{not_found_hint(given)}")
         return None
     folder = folder.resolve()
-    if not concept.get("include_subdirectories"):
-        return [folder]
-    below = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not any(
-        passed_over(folder.joinpath(*p.relative_to(folder).parts[:depth + 1]))
-        for depth in range(len(p.relative_to(folder).parts))))]
-    return [p for p in below if _images([p])] or [folder]
-
-
-def _images(folders: list[Path]) -> list[Path]:
-    """The concept's images, as the scan lists them: not its masks and other label files."""
-    return [p for folder in folders for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not passed_over(p) and p.is_file()
-            and not p.stem.lower().endswith(LABEL_STEMS)]
+    return image_tree(folder) if concept.get("include_subdirectories") else [folder]
 
 
 def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: list[str], problem,
@@ -217,7 +204,7 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
         balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
         strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
         if strategy == "SAMPLES":  # images shown per epoch, whatever the concept holds
-            count = len(_images(folders))
+            count = len(images_in(folders))
             balancing = balancing / count if count else 1.0
         elif strategy != "REPEATS":
             problem(f"{where} balancing_strategy", f"{strategy!r} is not REPEATS or SAMPLES")
@@ -264,7 +251,7 @@ def _captions(concept: dict, folders: list[Path], path: Path, where: str, notes:
     if source not in PROMPT_SOURCES:
         problem(f"{where} text.prompt_source", f"{source!r} is not one of {', '.join(PROMPT_SOURCES)}")
         return None
-    images = _images(folders)
+    images = images_in(folders)
     if source == "filename":
         return {str(image.with_suffix("")): image.stem for image in images}
     if not text.get("prompt_path"):  # an empty path would name the current folder

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lowvram.config import IMAGE_SUFFIXES, fields_by_name
+from lowvram.config import IMAGE_SUFFIXES, LABEL_STEMS, fields_by_name
+from lowvram.files import passed_over
 
 # kohya's: the repeats, then the label ("10" has none); a Japanese IME's full-width digits and underscore (１０＿キャラ)
 # too, which look alike (its rename hint read '10_10＿キャラ')
@@ -54,6 +55,23 @@ def image_folder_holding(dataset: Path, path: Path) -> Path | None:
         return dataset
     first = dataset / path.relative_to(dataset).parts[0]
     return first if repeats_of(first.name) else None
+
+
+def images_in(folders: list[Path]) -> list[Path]:
+    """The images directly in `folders`, as the scan lists them: not their masks and other label files."""
+    return [p for folder in folders for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES and not passed_over(p) and p.is_file()
+            and not p.stem.lower().endswith(LABEL_STEMS)]
+
+
+def image_tree(folder: Path) -> list[Path]:
+    """The (resolved) folder and those below it that hold images (kohya's recursive subset, OneTrainer's
+    include_subdirectories), the scan's passed-over ones (.git, a run's folder) and what is below them left out;
+    [folder] where none holds any."""
+    below = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir() and not any(
+        passed_over(folder.joinpath(*p.relative_to(folder).parts[:depth + 1]))
+        for depth in range(len(p.relative_to(folder).parts))))]
+    return [p for p in below if images_in([p])] or [folder]
 
 
 def folder_label(folder: Path) -> str:
