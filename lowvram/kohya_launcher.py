@@ -36,6 +36,7 @@ TEXT_KEYS = {"output_name", "training_comment", "metadata_title", "metadata_auth
 VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()",
             ".sh": r"\$\{(\w+)(?:\[[@*]\])?(?::?-([^}]*))?\}|\$(\w+)()",
             ".ps1": r"\$(?:env:)?(\w+)()|(?<!\S)@(\w+)()"}  # (a splat starts a word: me@host.com is no variable)
+OUTPUT_FLAGS = {"output_dir": "--output", "output_name": "--name"}  # kohya's flags that name what a run writes
 ARRAY = object()  # an array variable's value: its flags come of the script's own conditions, which are not run
 
 
@@ -51,10 +52,13 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     kind = Path(path).suffix.lower()
     folder = Path(path).resolve().parent  # (the script's own folder: cmd's %~dp0, PowerShell's $PSScriptRoot)
     text = text.replace("%~dp0", f"{folder}/") if kind in (".bat", ".cmd") else text
+    here, home = str(Path.cwd()), str(Path.home())  # (the folder it runs in, as lowvram does; the user's)
     if kind == ".ps1":  # a variable PowerShell sets, one argument as the others; "$PSScriptRoot\img" is a path here
-        text = re.sub(r"(\$PSScriptRoot)\\", r"\1/", text, flags=re.IGNORECASE)
-    (line, unset, arrays), notes = _training_line(
-        _command_lines(text, kind, {"psscriptroot": str(folder)} if kind == ".ps1" else {}), path)
+        text = re.sub(r"(\$PSScriptRoot|\$PWD|\$HOME|\$env:USERPROFILE)\\", r"\1/", text, flags=re.IGNORECASE)
+        text = re.sub(r"\$?\(Get-Location\)", lambda _: here, text, flags=re.IGNORECASE)
+    shells = {".ps1": {"psscriptroot": str(folder), "pwd": here, "home": home, "userprofile": home},
+              ".sh": {"PWD": here, "HOME": home}}.get(kind, {"cd": here, "userprofile": home})
+    (line, unset, arrays), notes = _training_line(_command_lines(text, kind, shells), path)
     try:
         words = shlex.split(line, comments=True) if kind == ".sh" else _windows_words(line, kind)
     except ValueError as exc:  # (an unclosed quote)
@@ -78,6 +82,10 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
                                                        value]
         if ends:
             break
+    for key in [key for key in OUTPUT_FLAGS if any(
+            re.search(VARIABLE[kind], str(value)) for value in _values(doc.get(key)))]:
+        notes.append(f"{key} {doc.pop(key)}: holds a variable the script does not set here, so it is left out "
+                     f"(as written, what the run writes would be named after it); give {OUTPUT_FLAGS[key]} on the command line")
     if unset:
         notes.append(f"{', '.join(unset)}: variable(s) the script does not set here, so read as written; give the "
                      "value on the command line (e.g. --model, --data)")
@@ -91,11 +99,16 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     return doc, notes
 
 
+def _values(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def _command_lines(text: str, kind: str, given: dict[str, str]) -> list[tuple[str, list[str], list[str]]]:
     """The script's commands in order, each continued line joined and comment lines left out (a flag commented out
     in the middle of a command is not read), with the variables filled in as the lines before it set them (and
     `given`, the shell's own); and the names of each left as written (unset) and of its arrays."""
     commands, variables, current = [], dict(given), ""
+    unknown: dict[str, list[str]] = {}  # a variable set from others the script does not set: theirs
     for raw in text.splitlines():
         if COMMENT.match(raw):
             continue
@@ -105,12 +118,16 @@ def _command_lines(text: str, kind: str, given: dict[str, str]) -> list[tuple[st
             continue
         command, current = current + raw, ""
         assigned = _assignment(command, kind)
-        if assigned:
+        if assigned and assigned[1] is None:  # (a cmdlet's result, $x = Get-Date ...: not run here)
+            variables.pop(_named(assigned[0], kind), None)
+        elif assigned:
             name, value = assigned
-            variables[_named(name, kind)] = value if value is ARRAY else _filled(value, variables, kind, False)[0]
+            filled, unset, _ = ("", [], []) if value is ARRAY else _filled(value, variables, kind, False, unknown)
+            variables[_named(name, kind)] = value if value is ARRAY else filled
+            unknown[_named(name, kind)] = unset
         else:
-            commands.append(_filled(command, variables, kind))
-    return commands + ([_filled(current, variables, kind)] if current else [])
+            commands.append(_filled(command, variables, kind, unknown=unknown))
+    return commands + ([_filled(current, variables, kind, unknown=unknown)] if current else [])
 
 
 def _assignment(command: str, kind: str) -> tuple[str, Any] | None:
@@ -134,6 +151,11 @@ def _assignment(command: str, kind: str) -> tuple[str, Any] | None:
             return None
         if re.match(r"\s*(\[System\.Collections|@\()", found.group(2), re.IGNORECASE):
             return found.group(1), ARRAY
+        joined = re.fullmatch(r"\s*\(?\s*Join-Path\s+(\S+)\s+(\S+?)\s*\)?\s*", found.group(2), re.IGNORECASE)
+        if joined:  # (a folder's path built so: its two parts)
+            return found.group(1), "/".join(part.strip("\"'") for part in joined.groups())
+        if re.match(r"\s*(\$?\(|[a-z]+-[a-z]+\b)", found.group(2), re.IGNORECASE):  # a cmdlet's result: not run here
+            return found.group(1), None
         words = _windows_words(found.group(2), kind)
         return found.group(1), words[0] if words else ""
     # set "X=a b" sets a b; set X="a b" sets "a b", quotes and all, which %X% then gives the command as one word
@@ -149,10 +171,12 @@ def _named(name: str, kind: str) -> str:
     return name if kind == ".sh" else name.lower()
 
 
-def _filled(line: str, variables: dict[str, Any], kind: str, command: bool = True) -> tuple[str, list[str], list[str]]:
+def _filled(line: str, variables: dict[str, Any], kind: str, command: bool = True,
+            unknown: dict[str, list[str]] | None = None) -> tuple[str, list[str], list[str]]:
     """`line` with the script's variables filled in (an sh default where one is unset; an array's flags left
-    out), and the names left as written, set by nothing the script says, and those of the arrays. In a `command`
-    (not a variable's value) a PowerShell variable is one argument."""
+    out), and the names left as written, set by nothing the script says (`unknown`: those a variable's own value
+    holds), and those of the arrays. In a `command` (not a variable's value) a PowerShell variable is one
+    argument."""
     unset, arrays = [], []
 
     def value(found: re.Match) -> str:
@@ -166,6 +190,7 @@ def _filled(line: str, variables: dict[str, Any], kind: str, command: bool = Tru
         if known is None:
             unset.append(name)
             return found.group(0)
+        unset.extend((unknown or {}).get(_named(name, kind), []))
         if command and kind == ".ps1" and re.search(r"\s", known) and line[:found.start()].count('"') % 2 == 0:
             return f'"{known}"'  # (PowerShell passes a variable as one argument, spaces and all)
         return known

@@ -918,6 +918,27 @@ def test_a_launchers_comments_variables_quotes_and_redirections_are_read_as_its_
     assert (note is None and not notes) or any(note in said for said in notes), notes
 
 
+def test_a_launchers_shell_folders_are_filled_in_and_an_output_it_cannot_name_is_left_out(tmp_path, monkeypatch):
+    """cmd's %CD% and %USERPROFILE%, PowerShell's Join-Path and $PWD: kept as written, a run wrote into a folder
+    named %CD% (set on a line before the command, with no note at all); a cmdlet's result named the LoRA Get-Date."""
+    from lowvram.kohya_launcher import launcher_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    bat = ("@echo off\r\nset OUT=%CD%\\model\r\nset NAME=%MYNAME%_v1\r\naccelerate launch train_network.py ^\r\n"
+           ' --train_data_dir="%USERPROFILE%\\img" --output_dir "%OUT%" --output_name "%NAME%"\r\n')
+    doc, notes = launcher_config(bat, tmp_path / "t.bat")
+    assert doc == {"train_data_dir": f"{tmp_path / 'home'}\\img", "output_dir": f"{tmp_path}\\model"}
+    assert any(note.startswith("output_name %MYNAME%_v1: holds a variable the script does not set here, so it is left "
+                               "out") and note.endswith("give --name on the command line") for note in notes), notes
+    assert any(note.startswith("MYNAME: variable(s) the script does not set here") for note in notes), notes
+    ps1 = ('$Out = Join-Path $PSScriptRoot "model"\r\n$Day = Get-Date -Format yyyyMMdd\r\n'
+           'accelerate launch train_network.py --output_dir $Out --output_name "lora_$Day" --logging_dir "$PWD\\logs"\r\n')
+    doc, notes = launcher_config(ps1, tmp_path / "t.ps1")
+    assert doc == {"output_dir": f"{tmp_path}/model", "logging_dir": f"{tmp_path}/logs"}
+    assert any(note.startswith("output_name lora_$Day: holds a variable") for note in notes), notes
+
+
 def test_a_launcher_whose_command_cannot_be_read_is_one_line(tmp_path, capsys):
     (tmp_path / "x.sh").write_text("accelerate launch train_network.py --output_name 'unclosed\n")
     assert main(["check-data", "--config", str(tmp_path / "x.sh"), "--model", "tiny", "sample"]) == 2
