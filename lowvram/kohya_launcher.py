@@ -85,7 +85,8 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     for key in [key for key in OUTPUT_FLAGS if any(
             re.search(VARIABLE[kind], str(value)) for value in _values(doc.get(key)))]:
         notes.append(f"{key} {doc.pop(key)}: holds a variable the script does not set here, so it is left out "
-                     f"(as written, what the run writes would be named after it); give {OUTPUT_FLAGS[key]} on the command line")
+                     f"(as written, what the run writes would be named after it); give {OUTPUT_FLAGS[key]} on the "
+                     "command line")
     if unset:
         notes.append(f"{', '.join(unset)}: variable(s) the script does not set here, so read as written; give the "
                      "value on the command line (e.g. --model, --data)")

@@ -933,7 +933,8 @@ def test_a_launchers_shell_folders_are_filled_in_and_an_output_it_cannot_name_is
                                "out") and note.endswith("give --name on the command line") for note in notes), notes
     assert any(note.startswith("MYNAME: variable(s) the script does not set here") for note in notes), notes
     ps1 = ('$Out = Join-Path $PSScriptRoot "model"\r\n$Day = Get-Date -Format yyyyMMdd\r\n'
-           'accelerate launch train_network.py --output_dir $Out --output_name "lora_$Day" --logging_dir "$PWD\\logs"\r\n')
+           'accelerate launch train_network.py --output_dir $Out --output_name "lora_$Day" '
+           '--logging_dir "$PWD\\logs"\r\n')
     doc, notes = launcher_config(ps1, tmp_path / "t.ps1")
     assert doc == {"output_dir": f"{tmp_path}/model", "logging_dir": f"{tmp_path}/logs"}
     assert any(note.startswith("output_name lora_$Day: holds a variable") for note in notes), notes
