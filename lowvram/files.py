@@ -227,13 +227,18 @@ def decode_hint(text: str, exc: Exception) -> str:
     return backslash_hint(text)
 
 
+# a backslash that starts no escape TOML or JSON reads (C:\Users: \U wants 8 hex digits), its doubled ones passed over
+INVALID_ESCAPE = re.compile(r'(?<!\\)(?:\\\\)*\\(?![\\"/bfnrt]|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})')
+
+
 def backslash_hint(text: str) -> str:
     """Why a TOML or JSON config that does not parse may not: a Windows path in double quotes, where a \\U or a \\d
     starts an escape (said where the file has one)."""
-    found = re.search(r'"([^"\n]*\\[^"\n]*)"', text)
-    if not found:
+    quoted = [found.group(1) for found in re.finditer(r'"([^"\n]*\\[^"\n]*)"', text)]
+    if not quoted:
         return ""
-    path = found.group(1)  # (the file's own, written each way)
+    # the file's own, written each way: one that no escape reads (a path written right before it was doubled again)
+    path = next((value for value in quoted if INVALID_ESCAPE.search(value)), quoted[0])
     return (f"; a Windows path in double quotes needs each \\ doubled (\"{path.replace(chr(92), chr(92) * 2)}\"), or "
             f"/ between folders (\"{path.replace(chr(92), '/')}\"), or (in TOML) single quotes ('{path}')")
 

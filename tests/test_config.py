@@ -365,8 +365,9 @@ def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(t
                                 "single quotes ('D:\\training'), or with / between folders")
     hint = ("; a Windows path in double quotes needs each \\ doubled (\"C:\\\\Users\\\\me\"), or / between folders "
             "(\"C:/Users/me\"), or (in TOML) single quotes ('C:\\Users\\me')")  # (the file's own path)
-    (tmp_path / "users.toml").write_text('[data]\ndata = "C:\\Users\\me"\n')
-    (tmp_path / "gui.json").write_text('{"LoRA_type": "Standard", "train_data_dir": "C:\\Users\\me"}')
+    # (a path written right before it, doubled: that one was quoted, its \\ doubled again)
+    (tmp_path / "users.toml").write_text('[model]\nmodel = "D:\\\\m.safetensors"\n[data]\ndata = "C:\\Users\\me"\n')
+    (tmp_path / "gui.json").write_text('{"output_dir": "out\\\\x", "train_data_dir": "C:\\Users\\me"}')
     (tmp_path / "dataset.toml").write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "C:\\Users\\me"\n')
     (tmp_path / "ansi.toml").write_bytes('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "café"\n'.encode("cp1252"))
     for args, says in ((["--config", "users.toml"], "is not valid TOML: Invalid hex value"),
