@@ -378,6 +378,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     if doc.get("continue_last_backup") is True:  # its newest backup, else a new start: --resume auto's two ways
         values["resume"] = "auto"
     destination = doc.get("output_model_destination")
+    if destination and os.name != "nt" and not PureWindowsPath(str(destination)).drive:  # (models\\x: a folder's \\)
+        destination = str(destination).replace("\\", "/")
     if destination and os.name != "nt" and PureWindowsPath(str(destination)).drive:  # saved on Windows, read here
         values["name"] = PureWindowsPath(str(destination)).stem
         notes.append(f"output_model_destination {destination} is a Windows path: the LoRA is written as "
@@ -395,6 +397,8 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
         if os.name != "nt" and PureWindowsPath(workspace).drive:  # saved on Windows, read here: said, not credited
             notes.append(f"workspace_dir {workspace} is a Windows path: the run's files go to workspace/run here")
             workspace = "workspace/run"
+        elif os.name != "nt":
+            workspace = workspace.replace("\\", "/")
         if runs_name(target.parent) == target.stem:  # a run an earlier lowvram trained there: it goes on there
             values |= {"name": target.stem, "output": str(target.parent)}
         else:  # (a .ckpt destination, OneTrainer's CKPT format: the LoRA is written as .safetensors all the same)
@@ -410,7 +414,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
                              f"not OneTrainer's backups in {backups}{start}")
             notes.append(f"output_model_destination {destination}: the LoRA is copied there at the end (as "
                          f"{target.stem}{LORA_SUFFIX}); the run's checkpoints, samples and logs go to "
-                         f"{values['output']} "
+                         f"{Path(values['output']).absolute()} "
                          f"({'workspace_dir' if workspace == doc.get('workspace_dir') else workspace}/<name>)")
     precision = _upper(doc, "output_dtype")
     if precision in PRECISIONS:

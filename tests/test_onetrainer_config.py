@@ -73,7 +73,9 @@ def test_a_onetrainer_config_trains_the_lora_onetrainer_would(tmp_path, monkeypa
     assert ("unet.weight_dtype FLOAT_16, gradient_checkpointing ON, train_dtype FLOAT_16: OneTrainer's defaults, "
             "left to lowvram's planner") in err
     # the LoRA where OneTrainer writes it, the run's files in its workspace (a second preset's LoRA in models/ too)
-    assert "the run's checkpoints, samples and logs go to workspace/run/ot-lora (workspace_dir/<name>)" in err
+    # (where the run's own folder is, from the folder it runs in, said whole)
+    assert (f"the run's checkpoints, samples and logs go to {tmp_path}/workspace/run/ot-lora (workspace_dir/<name>)"
+            in err)
     saved = read_toml(tmp_path / "workspace" / "run" / "ot-lora" / "ot-lora.toml")
     assert saved["text_encoder_until"] == "30e"  # its text encoder stops after 30 epochs
     assert saved["data"] == str(tmp_path / "OneTrainer" / "training_concepts" / "concepts.json")
@@ -185,6 +187,15 @@ def test_a_cache_only_config_and_a_ckpt_format_are_said(tmp_path):
     quiet = translate_onetrainer(CONFIG | {"only_cache": False, "output_model_format": "SAFETENSORS"},
                                  onetrainer_folder(tmp_path / "quiet"))[1]
     assert not any(note.startswith(("only_cache", "output_model_format")) for note in quiet)
+
+
+def test_a_destination_and_workspace_written_with_backslashes_are_folders_here(tmp_path):
+    """models\\zoe_lora.safetensors (a OneTrainer config saved on Windows) was refused as "--name: 'models\\zoe_lora'
+    is not a valid file name", a --name never given."""
+    values, _ = translate_onetrainer(CONFIG | {"output_model_destination": "models\\zoë_lora.safetensors",
+                                               "workspace_dir": "workspace\\zoe"}, onetrainer_folder(tmp_path))
+    assert (values["name"], values["copy_to"], values["output"]) == (
+        "zoë_lora", "models/zoë_lora.safetensors", "workspace/zoe/zoë_lora")
 
 
 def test_onetrainers_backups_are_lowvrams_timed_checkpoints(tmp_path):
