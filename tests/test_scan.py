@@ -262,7 +262,17 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
             "kohya's convention needs; rename it '5_extras 2' to train it") in notes, notes
     assert ("skipped folder reg/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
             "kohya's convention needs") in notes, notes
-    for folder in ("extras 2", "reg"):
+    # the repeats typed without kohya's underscore ("10 zoe"): its hint keeps them, not "10_10 zoe"; with spaces
+    # before it ("3 _zoe") kohya reads the repeats ("3 "), and so does lowvram (it was skipped, "rename it 10_3 _zoe")
+    for folder in ("10 zoe", "3 _zoe"):
+        (project / "img" / folder).mkdir()
+        drawn(size=(96, 96)).save(project / "img" / folder / "z.png")
+    report = scan_dataset(project / "img", TINY)
+    assert ("skipped folder 10 zoe/ (1 image in it and below do not train): not named 'N_name' (N = repeats), as "
+            "kohya's convention needs; rename it 10_zoe to train it") in report.folder_notes, report.folder_notes
+    assert {(r.relpath, r.repeats, r.caption) for r in report.records if "zoe" in r.relpath} == {
+        ("3 _zoe/z.png", 3, "zoe")}
+    for folder in ("extras 2", "reg", "10 zoe", "3 _zoe"):
         shutil.rmtree(project / "img" / folder)
     (project / "img" / "5_ohwx dog").rename(project / "img" / "10_ohwx dog")
     (project / "img" / "10_ohwx dog" / "a.png").rename(project / "loose.png")  # a dataset of its own: no hint

@@ -14,7 +14,8 @@ from lowvram.files import passed_over
 
 # kohya's: the repeats, then the label ("10" has none); a Japanese IME's full-width digits and underscore (１０＿キャラ)
 # too, which look alike (its rename hint read '10_10＿キャラ')
-REPEAT_FOLDER = re.compile(r"^(\d+)(?:[_\uff3f](.*))?$")
+# (spaces before the underscore too: kohya's int() of "5 " is 5, so "5 _zoe" trains 5 times as "zoe")
+REPEAT_FOLDER = re.compile(r"^(\d+)[ \t]*(?:[_\uff3f](.*))?$")
 YEARS = (1900, 2099)  # a folder named 2019 or 2019_summer is a year's, not 2019 repeats anyone means
 MAX_REPEATS = 10_000  # an N_name folder's: more is a date or a number in the name, not repeats anyone means
 
