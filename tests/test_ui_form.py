@@ -581,7 +581,7 @@ def test_the_check_counts_the_images_in_folders_passed_over(tmp_path):
     assert "skipped folder misc/ (1 image in it and below do not train)" in summary
 
 
-def test_save_toml_writes_only_a_toml(tmp_path):
+def test_save_toml_writes_only_a_toml(tmp_path, monkeypatch):
     """--config reads a .json as a OneTrainer or kohya_ss GUI config: lowvram's options are never saved as one."""
     from lowvram.errors import LowvramError
     from lowvram.ui.app import save_toml
@@ -596,6 +596,14 @@ def test_save_toml_writes_only_a_toml(tmp_path):
     assert save_toml(str(tmp_path / "x.toml"), values, "6GB").endswith(
         f"`lowvram train --config {tmp_path / 'x.toml'} --auto --vram 6GB` runs it")
     assert read_toml(tmp_path / "x.toml")["rank"] == 8
+    # a Windows path (a file named C:\Users\... was written here, and D:/ made a folder D:), and one pasted with
+    # Explorer's Copy as path quotes ("name it x.toml", of a name ending in .toml)
+    monkeypatch.chdir(tmp_path)
+    for windows in ("C:\\Users\\me\\run.toml", "D:/kohya/run.toml"):
+        with pytest.raises(LowvramError, match=r"that is a Windows path: give where it is on this machine"):
+            save_toml(windows, values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.toml"]
+    assert save_toml(f'"{tmp_path / "y.toml"}"', values).startswith(f"saved {tmp_path / 'y.toml'}: ")
 
 
 def test_save_toml_never_writes_over_a_runs_own_options_and_says_where_it_wrote(tmp_path, monkeypatch):

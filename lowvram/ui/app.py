@@ -25,7 +25,7 @@ from lowvram.caption import CaptionConfig
 from lowvram.config import SAMPLE_DATA, SECTIONS
 from lowvram.configure import ALTERNATIVES, list_presets, preset_path, read_config, read_toml
 from lowvram.errors import LowvramError, shell_line
-from lowvram.files import cache_sharing_fix, expand_home, make_folders, write_text
+from lowvram.files import cache_sharing_fix, expand_home, make_folders, windows_output_problem, write_text
 from lowvram.resolve import UI_FILES
 from lowvram.run_files import CHECKPOINTS, runs_name
 from lowvram.ui import dataset as data_panel
@@ -439,7 +439,12 @@ def save_toml(path: str, values: dict[str, Any], auto_vram: str | None = None) -
     files."""
     if not path or not path.strip():
         raise LowvramError("--config: type the path of the .toml to write")
-    target = expand_home(path.strip())
+    given = path.strip()
+    if len(given) > 1 and given[0] == given[-1] == '"':  # (Explorer's Copy as path quotes what it copies)
+        given = given[1:-1]
+    if problem := windows_output_problem("--config", given):  # (written as one file of the whole name, C:\...)
+        raise LowvramError(problem)
+    target = expand_home(given)
     if target.suffix.lower() != ".toml":
         raise LowvramError(f"--config: {target}: lowvram's options are written as .toml; name it {target.stem}.toml")
     if target.is_file() and target.stem == runs_name(target.parent):  # (a run's own: its resume reads it)
