@@ -40,7 +40,7 @@ def write_messy_dataset(root: Path) -> dict[str, str]:
     # The same bytes again: usable, noted as a duplicate of the first.
     (folder / "good_1_copy.png").write_bytes((folder / "good_1.png").read_bytes())
     caption("good_1_copy", "the same circle")
-    expect[f"{FOLDER}/good_1_copy.png"] = "duplicate of 2_messy/good_1.png (both train"
+    expect[f"{FOLDER}/good_1_copy.png"] = "duplicate of 2_messy/good_1.png, under another caption"
 
     # Converted, usable.
     Image.new("CMYK", (96, 96), (0, 255, 255, 0)).save(folder / "cmyk.jpg", quality=95)  # pure red

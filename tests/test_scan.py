@@ -702,6 +702,23 @@ def test_check_data_lists_folders_buckets_and_files_in_number_order(tmp_path, ca
     assert [row for row in rows if row.endswith(".png")][::2] == ["1_land/0.png", "2_dogs/0.png", "10_alice/0.png"]
 
 
+def test_a_copy_under_another_caption_says_which_to_delete(tmp_path):
+    """A photo and its download copy "IMG (1).JPG", one captioned by hand: "delete one" stood on the captioned one's
+    row, which a user deleted, keeping the copy without its caption."""
+    root = tmp_path / "d" / "10_mom"
+    root.mkdir(parents=True)
+    drawn(colour=(200, 0, 0)).save(root / "IMG_1.png")
+    (root / "IMG_1.txt").write_text("mom at the beach")
+    shutil.copy(root / "IMG_1.png", root / "IMG_1 (1).png")  # (scanned first: " (" sorts before ".")
+    notes = {r.relpath: r.notes for r in scan_dataset(root.parent, TINY).usable}
+    assert notes["10_mom/IMG_1.png"][-1] == (
+        "duplicate of 10_mom/IMG_1 (1).png, under another caption (there 'mom'): both train, their repeats adding up; "
+        "delete 10_mom/IMG_1 (1).png, which has no caption file")
+    (root / "IMG_1 (1).txt").write_text("mom, sunset")
+    notes = {r.relpath: r.notes for r in scan_dataset(root.parent, TINY).usable}
+    assert notes["10_mom/IMG_1.png"][-1].endswith("; delete the one whose caption is not the one you want")
+
+
 def test_a_linked_copy_is_named_as_one_and_not_to_be_deleted_as_a_duplicate(tmp_path):
     """'delete one' of a symlinked folder's image deleted the one real file (or left a dangling link)."""
     root = tmp_path / "d"

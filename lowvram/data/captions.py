@@ -24,6 +24,8 @@ MAX_WILDCARD_CAPTIONS = 64  # captions one caption line's {a|b} choices may make
 
 MAX_CAPTION_BYTES = 2**20  # the text encoders read at most 225 tokens: a caption file of a MiB is something else
 
+NO_CAPTION_FILE = "no caption file"  # the note on an image that has none (its caption the template's)
+
 
 def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str], Path | None]:
     """(the caption: its non-empty lines, stripped, one per line; or None where there is no file, it is empty or
@@ -44,7 +46,7 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         unread = f" (its {others[0]} is not read with --caption-extension {extension})" if others else ""
         if not others and (tags := _json_beside(image)):
             unread = f" ({tags} is not read: captions are plain text, as {image.stem}{extension})"
-        return None, notes + [f"no caption file{unread}: template used"], None
+        return None, notes + [f"{NO_CAPTION_FILE}{unread}: template used"], None
     if found[0].stem.lower() != image.stem.lower():
         notes.append(f"caption {found[0].name} read: its name and the image's are in different Unicode forms (one "
                      "decomposed, as a zip made on a Mac writes names), alike on screen, which Linux keeps apart")

@@ -32,7 +32,15 @@ from lowvram.config import (
 )
 from lowvram.console import counted_progress
 from lowvram.data.buckets import Buckets
-from lowvram.data.captions import captions_of, has_word, name_key, read_caption_file, split_kept_tags, wrapped
+from lowvram.data.captions import (
+    NO_CAPTION_FILE,
+    captions_of,
+    has_word,
+    name_key,
+    read_caption_file,
+    split_kept_tags,
+    wrapped,
+)
 from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
@@ -199,7 +207,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     old_index = _read_index(index_path)
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
-    first_of: dict[str, str] = {}  # sha256 -> relpath of the first usable copy
+    first_of: dict[str, ImageRecord] = {}  # sha256 -> the first usable copy
     shown = console is not None and len(files) >= PROGRESS_FROM
     with (counted_progress(console, f"scanning {root.name}", transient=True) if shown
           else Progress(disable=True)) as progress, _index_kept_if_stopped(index_path, old_index, new_index):
@@ -210,18 +218,18 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
             if options.masked_loss and record.usable:
                 record = _with_mask(record, options, old_index, new_index)
             if record.usable and record.sha256 in first_of:
-                first = first_of[record.sha256]
+                earlier = first_of[record.sha256]
+                first = earlier.relpath
                 # (the note goes on the second name scanned, the link or the file it reaches: the link is named)
                 link = path if _through_a_link(path) or not _through_a_link(root / first) else root / first
                 duplicate = ("in another subset of the dataset file too: both train, their repeats adding up, as "
                              "in kohya" if os.path.abspath(root / first) == os.path.abspath(path) else
                              f"linked copy of {first}: the same file through a link (both train, their repeats adding "
                              f"up; remove the link, {_shown(link, root)}, not the file)"
-                             if _same_file(root / first, path) else
-                             f"duplicate of {first} (both train, their repeats adding up; delete one)")
+                             if _same_file(root / first, path) else _duplicate_note(earlier, record))
                 record = replace(record, notes=record.notes + (duplicate,))
             elif record.usable:
-                first_of[record.sha256] = record.relpath
+                first_of[record.sha256] = record
             records.append(record)
             progress.advance(task)
     if index_path is not None:
@@ -393,6 +401,18 @@ def _doubled_fix(folder: Path, doubled: list[Path]) -> str:
     # (a.png.txt -> a.txt, my.photo.jpg.caption -> my.photo.caption; in a subshell, the user's own stays where it is)
     return f"{said}, those of an image's name all at once: (cd {shell_line(str(folder))} && for f in {endings}; do " \
            "[ ! -e \"$f\" ] || mv -n -- \"$f\" \"${f%.*.*}.${f##*.}\"; done)"
+
+
+def _duplicate_note(earlier: ImageRecord, record: ImageRecord) -> str:
+    """The note on a copy of an image scanned before: which to delete, where their captions differ (a photo and its
+    download "(1)" copy, one captioned by hand: "delete one" on the captioned one's row lost the caption)."""
+    if earlier.caption == record.caption:
+        return f"duplicate of {earlier.relpath} (both train, their repeats adding up; delete one)"
+    bare = [copy.relpath for copy in (earlier, record) if any(note.startswith(NO_CAPTION_FILE) for note in copy.notes)]
+    which = (f"delete {bare[0]}, which has no caption file" if len(bare) == 1 else
+             "delete the one whose caption is not the one you want")
+    return (f"duplicate of {earlier.relpath}, under another caption (there '{earlier.caption}'): both train, their "
+            f"repeats adding up; {which}")
 
 
 def n_name_for(root: Path, name: str, repeats: int) -> str:

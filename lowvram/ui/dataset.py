@@ -12,7 +12,7 @@ from typing import Any
 
 from lowvram.config import CAPTION_SUFFIXES, PLANNING_MODEL
 from lowvram.configure import build_config
-from lowvram.data.captions import read_caption_text, trained_caption_file
+from lowvram.data.captions import NO_CAPTION_FILE, read_caption_text, trained_caption_file
 from lowvram.dataset_files import is_dataset_file, read_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write, write_text
@@ -85,7 +85,7 @@ def _class_images(run, report, where: Path, what: str) -> str:
 def _summary(report) -> str:
     summary = report.summary()
     usable = report.usable
-    from_files = sum(1 for r in usable if not any(n.startswith(("no caption file", "empty caption")) for n in r.notes))
+    from_files = sum(1 for r in usable if not any(n.startswith((NO_CAPTION_FILE, "empty caption")) for n in r.notes))
     words = [len(r.caption.split()) for r in usable]
     tags = Counter(t.strip() for r in usable for t in r.caption.split(",") if t.strip())
     buckets = ", ".join(f"{shape} ×{n}" for shape, n in summary["buckets"].items()) or "none"
