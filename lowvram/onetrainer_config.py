@@ -377,7 +377,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     values: dict[str, Any] = {"tensorboard": True} if importlib.util.find_spec("tensorboard") else {}
     if doc.get("continue_last_backup") is True:  # its newest backup, else a new start: --resume auto's two ways
         values["resume"] = "auto"
-    destination = doc.get("output_model_destination")
+    destination = given = doc.get("output_model_destination")
     if destination and os.name != "nt" and not PureWindowsPath(str(destination)).drive:  # (models\\x: a folder's \\)
         destination = str(destination).replace("\\", "/")
     if destination and os.name != "nt" and PureWindowsPath(str(destination)).drive:  # saved on Windows, read here
@@ -387,7 +387,7 @@ def _output(doc: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
     elif destination and (str(destination).endswith(("/", "\\")) or expand_home(str(destination)).is_dir()):
         # (OneTrainer fails at its end writing a folder's name as the file)
         folder = str(destination).rstrip("/\\")
-        problem("output_model_destination", f"{destination} is a folder; OneTrainer writes the LoRA to a file: give "
+        problem("output_model_destination", f"{given} is a folder; OneTrainer writes the LoRA to a file: give "
                 f"its name, as {folder}/mylora{LORA_SUFFIX}")
     elif destination:  # a file to write: from the current folder, as kohya's output_dir
         # the LoRA where OneTrainer writes it, the run's own files in its workspace (a folder for each LoRA's name:
@@ -524,8 +524,10 @@ def _schedule(doc: dict[str, Any], notes: list[str], problem, number) -> dict[st
     if unet.get("learning_rate") is not None:
         values["lr"] = as_number(unet["learning_rate"], "unet.learning_rate", problem)
     unit = str(unet.get("stop_training_after_unit") or "NEVER").upper()
-    if unit != "NEVER" and unet.get("stop_training_after"):  # (OneTrainer freezes it there: passed over, unsaid)
-        after = unet["stop_training_after"]
+    after = unet.get("stop_training_after")
+    past_end = unit == "EPOCH" and isinstance(after, (int, float)) and after >= (values.get("epochs") or math.inf)
+    if unit != "NEVER" and after and not past_end:  # (OneTrainer freezes it there: passed over, unsaid; its presets'
+        # 100000 epochs, past any run's end, said nothing that would change)
         until = {"EPOCH": f"; --epochs {after} ends the run there", "STEP": f"; --max-steps {after} ends the run there"}
         notes.append(f"unet.stop_training_after {after} {unit.lower()}: lowvram trains the U-Net's adapters to the "
                      f"end of the run{until.get(unit, '')}")
@@ -746,8 +748,8 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             drawn += bool(sample.get("random_seed"))
     if drawn:  # (their recipe's prompts held no seed, unsaid: the run's own seed drew each)
         notes.append(f"samples: random_seed on in {drawn} of them: not carried over; lowvram draws a prompt with one "
-                     "seed at every save point (the run's --seed, or its --d), so its grids of successive steps "
-                     "compare")
+                     "seed at every save point (its --d, else the run's --seed plus its place in the list: 42, 43, "
+                     "...), so its grids of successive steps compare")
     return {"sample_prompts": prompts} if prompts else {}
 
 
