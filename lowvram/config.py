@@ -263,8 +263,9 @@ class DataConfig:
                                 "lines are one caption's tags (a downloader's tag file, a tag a line).",
                                 choices=("first", "each", "join"))
     wildcards: bool = option(False, "Read {a|b|c} in a caption as one of a, b, c, drawn each time the image is "
-                             "trained: every combination is one of its captions (kohya's enable_wildcard, which "
-                             "reads a caption file's lines as --caption-lines each does, too).")
+                             "trained: every combination is one of its captions (half of kohya's enable_wildcard, "
+                             "which also draws one of a caption file's lines: add --caption-lines each for that; a "
+                             "kohya config's enable_wildcard sets both).")
     caption_separator: str = option(",", "What separates a caption's tags, for --shuffle-tags, --keep-tokens and "
                                     "--tag-dropout (kohya's caption_separator); the tags they vary are joined with "
                                     "', ', as kohya joins them.", metavar="TEXT", text=True)

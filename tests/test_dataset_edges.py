@@ -103,6 +103,10 @@ def test_the_trigger_word_is_added_where_the_caption_lacks_it_as_a_word_of_its_o
         report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word=trigger)))
         assert {name: record.caption for name, record in report.items()} == {
             "jp.png": "1girl, ohwx char, smile", "zh.png": "ohwx_char, 1girl", "none.png": f"{trigger}, ohwx_charm"}
+    # and the trigger ohwx is in ohwx_char as in ohwx char (it was added again before the one, not the other)
+    report = captions_by_name(scan_dataset(tmp_path / "cjk", TINY, ScanOptions(trigger_word="ohwx")))
+    assert {name: record.caption for name, record in report.items()} == {
+        "jp.png": "1girl, ohwx char, smile", "zh.png": "ohwx_char, 1girl", "none.png": "ohwx_charm"}
 
 
 def test_ai_toolkits_trigger_placeholder_and_simpletuners_file_name_captions(tmp_path):
@@ -185,7 +189,7 @@ def test_concept_words_a_caption_prefix_pushes_into_the_shuffle_are_said(tmp_pat
     assert ("note: the concept word of each N_name folder (their names: 'bob', 'alice'), which a --caption-prefix put "
             "past the tags kept, moves with the other tags in 4 of 4 captions (in 20_bob/img0.png's it is tag 2, past "
             "the 1 tag(s) kept in front), as in kohya; to keep it in place, pass --keep-tokens 2") in said, said
-    assert "where every caption starts with it" not in said  # (a prefix's caption never does)
+    assert "where each caption file starts with it" not in said  # (a prefix's caption never does)
     assert main([*argv, "--caption-prefix", "photo, masterpiece,"]) == 0  # (two tags before it)
     assert "pass --keep-tokens 3" in " ".join(capsys.readouterr().out.split())
     for extra in ([], ["--keep-tokens", "0"]):  # kept in front; or every tag shuffled, as asked
@@ -227,8 +231,9 @@ def test_a_trigger_word_the_shuffle_moves_or_the_dropout_drops_is_said(tmp_path,
     assert main([*argv, "--shuffle-tags", "--keep-tokens", "1", "--caption-prefix", "masterpiece,"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert ("note: the trigger word 'ohwx' moves with the other tags in 2 of 3 captions (in 10_ohwx/img0.png's it "
-            "is tag 3, past the 1 tag(s) kept in front), as in kohya; to keep it in place, pass --keep-tokens 3 (1 "
-            "where every caption starts with it)") in said, said  # (img2's 'masterpiece, ohwx': nothing to move)
+            "is tag 3, past the 1 tag(s) kept in front), as in kohya; to keep it in place, pass --keep-tokens 3 (2 "
+            "where each caption file starts with it, after the --caption-prefix)") in said, said  # (it said 1, which
+    # kept the prefix alone in front; img2's 'masterpiece, ohwx': nothing to move)
     assert main([*argv, "--tag-dropout", "0.1", "--keep-tokens", "1"]) == 0
     assert "'ohwx' is left out now and then with the other tags in 1 of 3 captions" in capsys.readouterr().out
     assert main([*argv, "--shuffle-tags", "--keep-tokens", "2"]) == 0

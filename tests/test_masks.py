@@ -71,6 +71,13 @@ def test_the_scan_pairs_masks_with_their_images_and_never_takes_them_for_images(
     assert records["03_orange_circle.png"]["reason"].startswith(
         "mask all black: nothing of the image would train; white marks what trains, so fix "
         "03_orange_circle-masklabel.png")
+    assert "--masked-loss: no image has a mask" not in capsys.readouterr().out
+    # the flag over a dataset of no masks at all: said once, not only in a row per file
+    for mask in (tmp_path / "data").rglob("*-masklabel.png"):
+        mask.unlink()
+    assert main(["check-data", str(tmp_path / "data"), "--model", "tiny", "--masked-loss"]) == 0
+    assert ("--masked-loss: no image has a mask beside it (<image name>-masklabel.png), so each trains everywhere, as "
+            "without it") in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_mask_reaches_the_loss_and_the_unmasked_weight_lifts_the_rest(tmp_path):

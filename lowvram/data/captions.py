@@ -402,7 +402,9 @@ def has_word(caption: str, word: str) -> bool:
     caption, word = unicodedata.normalize("NFC", caption), unicodedata.normalize("NFC", word)
     if not word:
         return False
-    spaced_letter = rf"[^\W{UNSPACED}]"  # a word's letter that a space would part from the next word
+    # a word's letter that a space would part from the next word (not _, which a tagger writes for one: ohwx_char
+    # holds ohwx as ohwx char does)
+    spaced_letter = rf"[^\W_{UNSPACED}]"
     before = "" if _unspaced(word[0]) else rf"(?<!{spaced_letter})"
     after = "" if _unspaced(word[-1]) else rf"(?!{spaced_letter})"
     # booru tags are written with _ or a space alike (WD14 taggers, kohya_ss' options): ohwx_char is ohwx char

@@ -406,9 +406,11 @@ def trigger_moved(records: list, config: RunConfig, trigger: str | None) -> str 
     named = f"the trigger word '{trigger}'" if trigger else (
         f"the concept word of each N_name folder ({'their names' if len(words) > 1 else 'its name'}: "
         f"{', '.join(repr(w) for w in words)}), which a --caption-prefix put past the tags kept,")
+    lead = len([tag for tag in data.caption_prefix.split(data.caption_separator) if tag.strip()])  # (before it)
     return (f"note: {named} {how} with the other tags in {len(moved)} of {len(records)} captions "
             f"({where}, past {kept}), as in kohya; to keep it in place, pass --keep-tokens {keep}"
-            + (f" ({count} where every caption starts with it)" if keep > count and trigger else ""))
+            + (f" ({lead + count} where each caption file starts with it{', after the --caption-prefix' * bool(lead)})"
+               if keep > lead + count and trigger else ""))
 
 
 def trigger_tags(trigger: str, data: DataConfig) -> list[str]:

@@ -204,6 +204,9 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets, optio
     if masked and not options.masked_loss:
         folder_notes.append(f"{masked} image(s) have a {MASK_SUFFIX} mask (OneTrainer's), unused: --masked-loss "
                             "trains on their white areas only")
+    elif files and not masked and options.masked_loss and not options.alpha_mask:  # (a row per file said it alone)
+        folder_notes.append(f"--masked-loss: no image has a mask beside it (<image name>{MASK_SUFFIX}), so each trains "
+                            "everywhere, as without it")
     old_index = _read_index(index_path)
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
