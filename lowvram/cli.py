@@ -488,10 +488,13 @@ def _run_command(argv: list[str] | None) -> int:
                     if size:
                         parse_size(size, flag)  # wrong on any machine, one without a GPU too
                 if args.dry_run:  # (what a kohya_ss user compares with what kohya would do, before a GPU hour)
-                    from lowvram.hardware import NO_GPU
-                    from lowvram.resolve import resolve_run
+                    from lowvram.models.detect import detect_family, is_plainly_local
+                    from lowvram.resolve import family_problem
 
-                    resolve_run(config, NO_GPU)  # the checks of the model's family the run makes (plan's too)
+                    model = config.model.model  # the checks of the model's family the run makes (a hub id's, where
+                    local = model in FAMILIES or is_plainly_local(model)  # the run looks it up, not here: offline too)
+                    if local and (problem := family_problem(config, detect_family(model, config.model.model_family))):
+                        raise LowvramError(problem)
                     dry_run_blocks(config)
                     print_run_options(config, args.auto)
                     return 0

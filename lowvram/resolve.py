@@ -186,13 +186,17 @@ def kohya_model_checked(values: dict, config: Path, typed: Collection[str] = ())
     return {name: value for name, value in values.items() if name != "clip_skip"}
 
 
+def family_problem(config: RunConfig, family: ModelFamily) -> str | None:
+    """What of the options the model's family refuses (a second text encoder's rate on SD1.5, a clip skip on SDXL)."""
+    if config.optim.text_encoder_2_lr is not None and len(family.text_encoders) < 2:
+        return f"--text-encoder-2-lr: {family.title} has one text encoder; --text-encoder-lr is its rate"
+    return clip_skip_problem(family, config.data.clip_skip)
+
+
 def resolve_run(config: RunConfig, hardware: Hardware) -> ResolvedRun:
     """Everything the config leaves to the model and the machine; the checks that need the family."""
     family = detect_family(config.model.model, config.model.model_family)
-    if config.optim.text_encoder_2_lr is not None and len(family.text_encoders) < 2:
-        raise LowvramError(f"--text-encoder-2-lr: {family.title} has one text encoder; --text-encoder-lr is its "
-                           "rate")
-    if problem := clip_skip_problem(family, config.data.clip_skip):
+    if problem := family_problem(config, family):
         raise LowvramError(problem)
     mixed_precision = resolve_mixed_precision(config.training.mixed_precision, hardware)
     vae_fp32 = mixed_precision == "fp16" and bool(_vae_config(config, family).get("force_upcast"))

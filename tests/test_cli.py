@@ -417,6 +417,9 @@ def test_a_dry_run_makes_the_checks_of_the_models_family_the_run_makes(capsys):
             "--dry-run"]
     assert main(argv) == 2
     assert "--text-encoder-2-lr: tiny SD (random weights) has one text encoder" in capsys.readouterr().err
+    # (not the machine's: fp16 on a machine without a GPU, and a hub id offline, are the run's to check)
+    argv = ["train", "--model", "tiny", "--data", "sample", "--mixed-precision", "fp16", "--dry-run"]
+    assert main(argv) == 0 and 'mixed_precision = "fp16"' in capsys.readouterr().out
 
 
 def test_a_vram_budget_that_is_no_size_is_refused_on_a_machine_without_a_gpu_too(tmp_path, capsys):

@@ -205,6 +205,18 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
     assert "none.safetensors keeps its own schedule" in capsys.readouterr().out
     sampler = load_model(str(cross)).pipeline.scheduler.config
     assert sampler.prediction_type == "epsilon" and not sampler.get("rescale_betas_zero_snr")
+    # its clip skip is still followed there (it was dropped with the schedule); kohya's stand-in hashes (a diffusers
+    # folder's IsADirectory) name no other model
+    with safe_open(str(on), framework="pt") as handle:
+        metadata = handle.metadata()
+    for trained_on, expected in (("deadbeef", ["clip skip 2"]), ("IsADirectory", ["v-prediction", "zero terminal SNR",
+                                                                                   "clip skip 2"])):
+        marked = tmp_path / f"{trained_on}.safetensors"
+        save_file(load_file(str(on)), str(marked), metadata | {"ss_sd_model_hash": trained_on, "ss_clip_skip": "2"})
+        base = load_model(str(tmp_path / "none.safetensors"))
+        changes, note = follow_lora_schedule(base, marked)
+        assert changes == expected and bool(note) == (trained_on == "deadbeef"), (changes, note)
+        assert base.text_reading.clip_skip == 2
 
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):

@@ -362,6 +362,9 @@ class _quiet_diffusers:
         self.logger.setLevel(self.level)
 
 
+KOHYA_NO_HASH = ("IsADirectory", "NOFILE")  # kohya's ss_sd_model_hash of a diffusers folder, of a file not there
+
+
 def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = False) -> tuple[list[str], str]:
     """A LoRA trained with v-prediction, zero terminal SNR or clip skip (its modelspec.prediction_type,
     ss_zero_terminal_snr and ss_clip_skip) where the base model's own reading says otherwise: the sampler and the
@@ -381,13 +384,14 @@ def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = 
          == "v_prediction"),
         ("zero terminal SNR", metadata.get("ss_zero_terminal_snr") == "True",
          scheduler.config.get("rescale_betas_zero_snr"))) if trained and not found]
-    trained_on = metadata.get("ss_sd_model_hash", "")
-    if wanted and trained_on and model.hash and trained_on != model.hash:
+    trained_on, other_model = metadata.get("ss_sd_model_hash", ""), ""
+    if wanted and trained_on not in ("", *KOHYA_NO_HASH) and model.hash and trained_on != model.hash:
         named = metadata.get("ss_sd_model_name") or f"hash {trained_on}"
         rescaled = "with" if scheduler.config.get("rescale_betas_zero_snr") else "without"
-        return [], (f"{lora.name} was trained with {' and '.join(wanted)} on another model ({named}): {model.name} "
-                    f"keeps its own schedule ({scheduler.config.prediction_type}, {rescaled} zero terminal SNR), as "
-                    "ComfyUI and AUTOMATIC1111 sample it")
+        other_model = (f"{lora.name} was trained with {' and '.join(wanted)} on another model ({named}): "
+                       f"{model.name} keeps its own schedule ({scheduler.config.prediction_type}, {rescaled} zero "
+                       "terminal SNR), as ComfyUI and AUTOMATIC1111 sample it")
+        wanted = []
     if "v-prediction" in wanted:
         scheduler.register_to_config(prediction_type="v_prediction")
         changes.append("v-prediction")
@@ -399,4 +403,4 @@ def follow_lora_schedule(model: LoadedModel, lora: Path, keep_clip_skip: bool = 
     if not keep_clip_skip and skip.isdigit() and int(skip) > 1 and model.family.text_encoders[0].hidden_state == -1 and reading.clip_skip == 1:
         model.text_reading = replace(reading, clip_skip=int(skip))  # SDXL reads its penultimate layer already
         changes.append(f"clip skip {skip}")
-    return changes, ""
+    return changes, other_model
