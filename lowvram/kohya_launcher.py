@@ -37,6 +37,12 @@ VARIABLE = {".bat": r"%(\w+)%()", ".cmd": r"%(\w+)%()",
             ".sh": r"\$\{(\w+)(?:\[[@*]\])?(?::?-([^}]*))?\}|\$(\w+)()",
             ".ps1": r"\$(?:env:)?(\w+)()|(?<!\S)@(\w+)()"}  # (a splat starts a word: me@host.com is no variable)
 OUTPUT_FLAGS = {"output_dir": "--output", "output_name": "--name"}  # kohya's flags that name what a run writes
+# a line that goes to the script's own folder: cmd's cd /d "%~dp0", PowerShell's Set-Location $PSScriptRoot, sh's
+# cd "$(dirname "$0")"
+SCRIPT_FOLDER_CD = {".bat": r'^\s*@?(cd|chdir|pushd)\s+(/d\s+)?"?%~dp0"?\s*$',
+                    ".cmd": r'^\s*@?(cd|chdir|pushd)\s+(/d\s+)?"?%~dp0"?\s*$',
+                    ".ps1": r'^\s*(Set-Location|cd|sl|Push-Location)\s+(-Path\s+)?"?\$PSScriptRoot"?\s*$',
+                    ".sh": r'^\s*cd\s+"?\$\(\s*dirname\s+"?\$(0|\{?BASH_SOURCE(\[0\])?\}?)"?\s*\)"?\s*(&&.*)?$'}
 ARRAY = object()  # an array variable's value: its flags come of the script's own conditions, which are not run
 
 
@@ -51,11 +57,16 @@ def launcher_config(text: str, path: Path) -> tuple[dict[str, Any], list[str]]:
     flags). A LowvramError names a script that runs no LoRA training, or whose command cannot be read."""
     kind = Path(path).suffix.lower()
     folder = Path(path).resolve().parent  # (the script's own folder: cmd's %~dp0, PowerShell's $PSScriptRoot)
+    # the folder it runs in: its own where it goes there first (kohya's .bat: cd /d "%~dp0"), else the one lowvram
+    # runs in; the user's home
+    here = str(folder) if re.search(SCRIPT_FOLDER_CD[kind], text, re.IGNORECASE | re.MULTILINE) else str(Path.cwd())
+    home = str(Path.home())
     text = text.replace("%~dp0", f"{folder}/") if kind in (".bat", ".cmd") else text
-    here, home = str(Path.cwd()), str(Path.home())  # (the folder it runs in, as lowvram does; the user's)
     if kind == ".ps1":  # a variable PowerShell sets, one argument as the others; "$PSScriptRoot\img" is a path here
         text = re.sub(r"(\$PSScriptRoot|\$PWD|\$HOME|\$env:USERPROFILE)\\", r"\1/", text, flags=re.IGNORECASE)
-        text = re.sub(r"\$?\(Get-Location\)", lambda _: here, text, flags=re.IGNORECASE)
+        text = re.sub(r"\$?\(Get-Location\)(\.Path)?", lambda _: here, text, flags=re.IGNORECASE)
+    if kind == ".sh":
+        text = re.sub(r"\$\(pwd\)|`pwd`", lambda _: here, text)
     shells = {".ps1": {"psscriptroot": str(folder), "pwd": here, "home": home, "userprofile": home},
               ".sh": {"PWD": here, "HOME": home}}.get(kind, {"cd": here, "userprofile": home})
     (line, unset, arrays), notes = _training_line(_command_lines(text, kind, shells), path)

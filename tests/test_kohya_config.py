@@ -938,6 +938,17 @@ def test_a_launchers_shell_folders_are_filled_in_and_an_output_it_cannot_name_is
     doc, notes = launcher_config(ps1, tmp_path / "t.ps1")
     assert doc == {"output_dir": f"{tmp_path}/model", "logging_dir": f"{tmp_path}/logs"}
     assert any(note.startswith("output_name lora_$Day: holds a variable") for note in notes), notes
+    # a script that goes to its own folder first (kohya's .bat: cd /d "%~dp0"): its folder there, not lowvram's
+    scripts = tmp_path / "scripts"
+    for name, script, expected in (
+            ("u.bat", 'cd /d "%~dp0"\r\naccelerate launch train_network.py --output_dir "%CD%\\out"\r\n',
+             f"{scripts}\\out"),
+            ("u.sh", 'cd "$(dirname "$0")"\naccelerate launch train_network.py --output_dir="$(pwd)/out"\n',
+             f"{scripts}/out"),
+            ("v.sh", 'accelerate launch train_network.py --output_dir="$(pwd)/out"\n', f"{tmp_path}/out"),
+            ("u.ps1", ('Set-Location $PSScriptRoot\r\n$root = (Get-Location).Path\r\n'
+                      'accelerate launch train_network.py --output_dir "$root/out"\r\n'), f"{scripts}/out")):
+        assert launcher_config(script, scripts / name) == ({"output_dir": expected}, []), name
 
 
 def test_a_launcher_whose_command_cannot_be_read_is_one_line(tmp_path, capsys):
