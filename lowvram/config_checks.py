@@ -29,7 +29,7 @@ from lowvram.dataset_files import DATASET_SUFFIXES, has_regularization_subsets, 
 from lowvram.dataset_files.subsets import REPEAT_FOLDER, image_folder_holding
 from lowvram.dataset_zip import name_encoding, windows_powershell_zip, zip_folder
 from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_line
-from lowvram.files import closest, not_found_hint
+from lowvram.files import closest, expand_home, not_found_hint
 from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why, read_header
 from lowvram.models.families import FAMILIES, SCHEDULE_MARKERS
@@ -542,7 +542,7 @@ def _training_problems(c: RunConfig) -> list[str]:
     if c.model.zero_terminal_snr and c.model.prediction_type == "epsilon":
         p.append(f"--zero-terminal-snr: {ZERO_SNR_NEEDS_V}")
     elif c.model.zero_terminal_snr and not c.model.prediction_type and (epsilon := _predicts_epsilon(c.model.model)):
-        p.append(f"--zero-terminal-snr: {epsilon}: {ZERO_SNR_NEEDS_V}")  # (said after the scan and the model's load)
+        p.append(f"--zero-terminal-snr: {epsilon}: {ZERO_SNR_NEEDS_V}")  # (said before the scan and the load)
     if c.training.huber_c is not None and not 0 < c.training.huber_c <= 1:
         p.append(f"--huber-c: must be in (0, 1], got {c.training.huber_c}")
     for flag, value in (("huber-c", c.training.huber_c), ("huber-schedule", c.training.huber_schedule)):
@@ -567,9 +567,9 @@ def _training_problems(c: RunConfig) -> list[str]:
 def _predicts_epsilon(model: str) -> str:
     """Why the model predicts epsilon, as read without loading it: a built-in architecture, or a single file without
     the v_pred key a v-prediction checkpoint (NoobAI-XL V-Pred) carries; "" where it may not."""
-    if model in FAMILIES:
+    path = expand_home(model)
+    if model in FAMILIES and not path.exists():  # (a folder here of that name is the model, as loading reads it)
         return f"{model} predicts epsilon"
-    path = Path(model)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return ""  # (a diffusers folder's scheduler says it when it loads)
     try:

@@ -504,17 +504,18 @@ def without_preset_rates(values: dict[str, Any], preset: dict[str, Any], above: 
     """A preset's learning rate (and schedule) where the optimizer chosen above it finds its own step size: Prodigy's
     --lr is a multiplier around 1 (the preset's 1e-4 trained almost nothing, refused as a --lr never given), and
     Adafactor with relative_step uses no rate or schedule. Returns the values without them, and a note."""
-    from lowvram.optim import sets_own_step_sizes, spec_of
+    from lowvram.optim import RATE_OPTIONS, sets_own_step_sizes, spec_of
 
     name = str(values.get("optimizer") or "")
     if not name or "optimizer" in preset or not any("optimizer" in layer for layer in above):
         return values, None
     spec = spec_of(name)
     if sets_own_step_sizes(spec.name, values.get("optimizer_args") or ()):
-        dropped = ["lr", "scheduler", "warmup_steps"]
+        dropped = [*RATE_OPTIONS, "scheduler"]
         why = f"{spec.name} with relative_step=True sets its own step sizes"
-    elif spec.learning_rate_free:
-        dropped, why = ["lr"], f"{spec.name} finds its step size itself (its --lr, 1.0, scales it)"
+    elif spec.learning_rate_free:  # (one rate for all the adapters: prodigyopt refuses groups at others)
+        dropped = ["lr", "text_encoder_lr", "text_encoder_2_lr"]
+        why = f"{spec.name} finds its step size itself (its --lr, 1.0, scales it)"
     else:
         return values, None
     dropped = [name for name in dropped if name in preset and not any(name in layer for layer in above)]

@@ -237,8 +237,11 @@ def backslash_hint(text: str) -> str:
     quoted = [found.group(1) for found in re.finditer(r'"([^"\n]*\\[^"\n]*)"', text)]
     if not quoted:
         return ""
-    # the file's own, written each way: one that no escape reads (a path written right before it was doubled again)
-    path = next((value for value in quoted if INVALID_ESCAPE.search(value)), quoted[0])
+    # the file's own, written each way: one that no escape reads (a path written right before it was doubled again;
+    # with none, the error is another's)
+    path = next((value for value in quoted if INVALID_ESCAPE.search(value)), None)
+    if path is None:
+        return ""
     return (f"; a Windows path in double quotes needs each \\ doubled (\"{path.replace(chr(92), chr(92) * 2)}\"), or "
             f"/ between folders (\"{path.replace(chr(92), '/')}\"), or (in TOML) single quotes ('{path}')")
 

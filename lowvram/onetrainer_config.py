@@ -748,8 +748,8 @@ def _samples(doc: dict[str, Any], path: Path, notes: list[str], problem) -> dict
             drawn += bool(sample.get("random_seed"))
     if drawn:  # (their recipe's prompts held no seed, unsaid: the run's own seed drew each)
         notes.append(f"samples: random_seed on in {drawn} of them: not carried over; lowvram draws a prompt with one "
-                     "seed at every save point (its --d, else the run's --seed plus its place in the list: 42, 43, "
-                     "...), so its grids of successive steps compare")
+                     "seed at every save point (its --d, else the run's --seed plus its place in the list), so its "
+                     "grids of successive steps compare")
     return {"sample_prompts": prompts} if prompts else {}
 
 

@@ -376,6 +376,11 @@ def test_a_windows_path_in_double_quotes_in_a_config_file_says_how_to_write_it(t
         with pytest.raises(LowvramError) as error:
             build_config(parse_train([*args[:-1], str(tmp_path / args[-1])]))
         assert says in str(error.value) and str(error.value).endswith(hint), str(error.value)
+    # a file whose error is another's, a path in it written right: no hint (it doubled that path's \\ again)
+    (tmp_path / "rank.toml").write_text('[model]\nmodel = "D:\\\\m.safetensors"\n[network]\nrank = 8 8\n')
+    with pytest.raises(LowvramError) as error:
+        build_config(parse_train(["--config", str(tmp_path / "rank.toml")]))
+    assert "Windows path" not in str(error.value)
     with pytest.raises(LowvramError) as error:
         build_config(parse_train(["--model", "tiny", "--data", str(tmp_path / "ansi.toml")]))
     assert str(error.value) == f"--data: {tmp_path / 'ansi.toml'} is not UTF-8 text (byte 50); save it as UTF-8"

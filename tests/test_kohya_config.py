@@ -66,7 +66,7 @@ def test_a_kohya_ss_config_trains_the_lora_kohya_would(tmp_path, capsys):
     assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1", "rank_dropout": "0.1"}
     assert meta["ss_loraplus_lr_ratio"] == "16"
     assert meta["ss_loraplus_text_encoder_lr_ratio"] == "4"
-    assert meta["ss_scale_weight_norms"] == "2" and meta["ss_optimizer"] == "adamw(weight_decay=0.05,betas=0.9,0.99)"
+    assert meta["ss_scale_weight_norms"] == "2" and meta["ss_optimizer"] == "adamw(weight_decay=0.05,betas=(0.9, 0.99))"
     assert (meta["ss_max_grad_norm"], meta["ss_cache_latents"]) == ("1", "True")  # (keys kohya writes, as it does)
     assert "weighted_captions = true" in meta["lowvram.config"]
     assert {tensor.dtype for tensor in lora.values()} == {torch.float32}  # save_precision "float"

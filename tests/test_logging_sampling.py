@@ -366,7 +366,7 @@ def test_a_rank_of_your_own_keeps_the_presets_alpha_ratio_and_an_alpha_of_your_o
     assert network().alpha == 16.0 and not capsys.readouterr().err
 
 
-def test_a_presets_rate_yields_to_an_optimizer_that_finds_its_own_step_size(capsys):
+def test_a_presets_rate_yields_to_an_optimizer_that_finds_its_own_step_size(tmp_path, capsys):
     """--preset character --optimizer prodigy was refused "--lr: 0.0001 with prodigy ... (or leave it out)", a --lr
     never given; Adafactor's relative_step was told to drop the preset's --lr, --scheduler and --warmup-steps."""
     from lowvram.cli import build_parser
@@ -380,10 +380,16 @@ def test_a_presets_rate_yields_to_an_optimizer_that_finds_its_own_step_size(caps
     assert "the preset's lr 0.0001 left out: prodigy finds its step size itself" in capsys.readouterr().err
     relative = optim("--optimizer", "adafactor", "--optimizer-arg", "relative_step=True")
     assert (relative.lr, relative.scheduler, relative.warmup_steps) == (None, "constant", 0.0)
-    assert ("the preset's lr 0.0001, scheduler cosine, warmup_steps 0.05 left out: adafactor with relative_step=True "
+    assert ("the preset's lr 0.0001, warmup_steps 0.05, scheduler cosine left out: adafactor with relative_step=True "
             "sets its own step sizes") in capsys.readouterr().err
     assert optim("--optimizer", "prodigy", "--lr", "0.5").lr == 0.5  # one given stays
     assert optim("--optimizer", "adamw8bit").lr == 1e-4 and "left out" not in capsys.readouterr().err
+    # a preset of one's own with the text encoder's rate: Prodigy takes one rate for all (it said drop the flag)
+    own = tmp_path / "mine.toml"
+    own.write_text("[network]\ntrain_text_encoder = true\n[optim]\nlr = 1e-4\ntext_encoder_lr = 5e-5\n")
+    args = build_parser().parse_args(["train", "--model", "tiny", "--data", "sample", "--preset", str(own),
+                                      "--optimizer", "prodigy"])
+    assert build_config(train_values(args)).optim.text_encoder_lr is None
 
 
 def test_max_steps_given_replaces_a_presets_epochs():

@@ -282,6 +282,13 @@ def test_a_loras_ss_optimizer_pasted_as_optimizer_names_the_flags_that_give_it(c
     given = build_config(train_values(build_parser().parse_args(argv)))
     assert (given.optim.optimizer, given.optim.weight_decay, given.optim.optimizer_args) == (
         "adamw", 0.05, ("betas=0.9,0.99", "eps=1e-08"))
+    # lowvram's own LoRA's, as kohya writes it (betas=0.9,0.99 was pasted back as betas=0.9 and a setting '0.99')
+    from lowvram.train.metadata import _as_kohya_writes
+
+    own = f"adamw(weight_decay=0.05,{_as_kohya_writes('betas=0.9,0.99')})"
+    assert own == "adamw(weight_decay=0.05,betas=(0.9, 0.99))"
+    assert main(["train", "--model", "tiny", "--data", "sample", "--optimizer", own]) == 2
+    assert "give --optimizer adamw --weight-decay 0.05 --optimizer-arg betas=0.9,0.99 (" in capsys.readouterr().err
 
 
 def test_a_learning_rate_free_optimizers_scale_is_refused_for_adam(tmp_path):

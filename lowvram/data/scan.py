@@ -422,8 +422,9 @@ def n_name_for(root: Path, name: str, repeats: int) -> str:
     """The N_name a folder `name` of images in `root` trains under, as typed in a shell: `repeats`, and in an N_name
     folder of outfits (10_ohwx/casual/) its class words too (10_casual lost the trigger, unsaid)."""
     words = f"{folder_label(root)} " if repeats_of(root.name) and folder_label(root) else ""
-    typed = re.fullmatch(r"(\d+)\s*[-.\s]\s*(\S.*)", name)  # ("10 zoe", "5-zoe beach": the repeats typed already)
-    if typed and not is_year(typed) and 0 < int(typed.group(1)) <= MAX_REPEATS:
+    # ("10 zoe", "5-zoe beach": the repeats typed already; not "01 - beach" of numbered folders, nor a date)
+    typed = re.fullmatch(r"([1-9]\d*)(?: +|-)([^\W\d_].*)", name)
+    if typed and not is_year(typed) and int(typed.group(1)) <= MAX_REPEATS:
         repeats, name = int(typed.group(1)), typed.group(2)
     return shell_line(f"{repeats}_{words}{name}")
 

@@ -36,6 +36,13 @@ class TrainingShape:
     processes: int = 1  # accelerate's, each drawing its own batch
 
 
+def _as_kohya_writes(setting: str) -> str:
+    """An --optimizer-arg as kohya's ss_optimizer writes it, a tuple in brackets (betas=(0.9, 0.99)): pasted back as
+    --optimizer, betas=0.9,0.99 read as two settings."""
+    key, _, value = setting.partition("=")
+    return f"{key}=({', '.join(part.strip() for part in value.split(','))})" if "," in value else setting
+
+
 def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoch: int,
                   trigger: str | None, shape: TrainingShape, regularization=(), from_folder: bool = False
                   ) -> dict[str, str]:
@@ -47,7 +54,8 @@ def lora_metadata(run: ResolvedRun, model: LoadedModel, records, step: int, epoc
     prediction = model.pipeline.scheduler.config.prediction_type
     own_steps = sets_own_step_sizes(config.optim.optimizer, config.optim.optimizer_args)
     # kohya's ss_optimizer: the class and its settings, weight_decay among them (lowvram's own option)
-    settings = ",".join([f"weight_decay={config.optim.weight_decay:g}", *config.optim.optimizer_args])
+    settings = ",".join([f"weight_decay={config.optim.weight_decay:g}",
+                         *map(_as_kohya_writes, config.optim.optimizer_args)])
     now = datetime.now(timezone.utc)
     described = modelspec(family.modelspec_architecture, config.output.metadata_title or config.output_name,
                           f"{resolution}x{resolution}", "v" if prediction == "v_prediction" else "epsilon", when=now
