@@ -56,6 +56,21 @@ def test_the_copies_of_a_held_out_image_are_held_out_with_it(sample_data, tmp_pa
         assert trained and held and len({r.sha256 for r in held}) == 1
 
 
+def test_the_images_held_out_are_named_by_the_run(tmp_path):
+    """The run said "3 for validation" alone: a phone's resized copy of a held-out photo trained, unseen."""
+    import io
+
+    from rich.console import Console
+
+    printed = io.StringIO()
+    train(run_config(output=str(tmp_path / "out"), validation_split=0.34, max_steps=1), Console(file=printed,
+                                                                                                width=300))
+    said = printed.getvalue()
+    line = next(line for line in said.splitlines() if line.startswith("held out for validation"))
+    assert line.startswith("held out for validation (--validation-split 0.34): 5_lvshape/") and line.count(".png") == 2
+    assert line.endswith("would score what the LoRA learnt, not how it does on new images")
+
+
 def test_fixed_timesteps_spread_over_the_schedule():
     assert fixed_timesteps(4, 0, 1000) == [125, 375, 625, 875]
     assert fixed_timesteps(4, 500, 700) == [525, 575, 625, 675]  # --min-timestep 500 --max-timestep 700

@@ -525,6 +525,13 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
         f"{config.training.batch_size}{folder_batches(run)} x {config.training.gradient_accumulation}"
         f"{f' x {world}' if world > 1 else ''}", soft_wrap=True  # one line, for logs and grep
     )
+    if dataset.held_out and config.validation.validation_split:  # (which ones: a resized copy of one that trains
+        names = sorted(record.relpath for record in dataset.held_out)  # scores what was learnt, not what is new)
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        session.console.print(f"held out for validation (--validation-split {config.validation.validation_split:g}): "
+                              f"{escape(', '.join(names[:5]))}{more}; a copy of one of them that trains (resized, "
+                              "re-saved) would score what the LoRA learnt, not how it does on new images",
+                              soft_wrap=True, highlight=False)
     if dataset.regularization:  # (its table shows its own samples; an epoch balances them: kohya prints its counts)
         weight = config.data.prior_loss_weight
         balance = escape(regularization_balance(data))  # (the epochs it trains; [[datasets]] not read as markup)
