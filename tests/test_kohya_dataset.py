@@ -407,6 +407,17 @@ def test_a_fine_tuning_subset_takes_its_captions_from_its_metadata_file(tmp_path
     out = " ".join(capsys.readouterr().out.split())
     assert "left out 1 image(s) in ./ that its metadata_file has no caption for: 02_white_triangle.png" in out
     assert "1 metadata_file entries name no image in ./: gone" in out
+    # the web UI's caption editor shows that caption and refuses to write a .txt training would not read (it showed
+    # the .txt beside the image, and saved edits there)
+    from lowvram.ui import dataset as data_panel
+
+    root = data_panel.images_root("dataset.toml")
+    assert data_panel.read_caption(root, "00_red_circle.png", data="dataset.toml") == "a red circle, red, circle"
+    before = (tmp_path / "imgs" / "alpha" / "00_red_circle.txt").read_text()
+    with pytest.raises(LowvramError, match=r"^00_red_circle.png: its caption is in its subset's metadata_file "
+                                           r"\(dataset.toml\), which training reads instead of caption files"):
+        data_panel.save_caption(root, "00_red_circle.png", "edited", tmp_path / "backup", data="dataset.toml")
+    assert (tmp_path / "imgs" / "alpha" / "00_red_circle.txt").read_text() == before
     (tmp_path / "meta.json").write_text("{not json")
     assert main(["check-data", "dataset.toml", "--model", "tiny"]) == 2
     assert "metadata_file: meta.json is not readable JSON" in capsys.readouterr().err

@@ -287,7 +287,7 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
                 return None, ""
             root = Path(seen["root"])
             return _picture(root / relpath, PREVIEW_SIDE), data_panel.read_caption(
-                root, relpath, seen.get("caption_column"), seen["caption_extensions"].get(relpath))
+                root, relpath, seen.get("caption_column"), seen["caption_extensions"].get(relpath), seen["data"])
 
         def save_caption(relpath, text, seen):
             try:
@@ -296,7 +296,7 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
                 root = Path(seen["root"])
                 return data_panel.save_caption(root, relpath, text, data_panel.backup_dir_for(cache_dir, root),
                                                seen.get("caption_column"), seen["caption_extensions"].get(relpath),
-                                               sample=seen["data"] == SAMPLE_DATA)
+                                               sample=seen["data"] == SAMPLE_DATA, data=seen["data"])
             except LowvramError as exc:
                 return _message(exc)
 

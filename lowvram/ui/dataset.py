@@ -123,23 +123,32 @@ def caption_file(root: Path, relpath: str, extension: str | None = None) -> Path
     return trained_caption_file(image, extension) or image.with_suffix(extension)
 
 
-def metadata_caption(root: Path, relpath: str, column: str | None = None) -> tuple[str, str] | None:
-    """The metadata file (Hugging Face's imagefolder) whose caption training reads for the image, and that caption
-    (from `column`, --caption-column's); None where training reads a caption file."""
+def metadata_caption(root: Path, relpath: str, column: str | None = None, data: str | None = None
+                     ) -> tuple[str, str] | None:
+    """Where the metadata whose caption training reads for the image is (Hugging Face's imagefolder file above it;
+    a kohya dataset file's fine-tuning subset, `data`), and that caption (from `column`, --caption-column's); None
+    where training reads a caption file."""
     from lowvram.data.scan import repeat_folders
 
-    _image(root, relpath)
+    image = _image(root, relpath)
+    if data and is_dataset_file(data):  # (its scan reads the subset's metadata_file, not a caption file beside it)
+        for subset in read_dataset(Path(data)).folders():
+            if subset.captions is not None and Path(os.path.abspath(subset.folder)) == image.parent:
+                held = subset.captions.get(image.stem, subset.captions.get(str(image), ""))
+                return f"its subset's metadata_file ({Path(data).name})", held
+        return None
     resolved = Path(root).resolve()
     key = os.path.normpath(resolved / relpath)  # as the scan, which lists the resolved folder, names it
     for folder in repeat_folders(resolved, column)[0] if resolved.is_dir() else []:
         if folder.captions is not None and key in folder.captions:
-            return folder.captions_from, folder.captions[key]
+            return f"a {folder.captions_from} above it", folder.captions[key]
     return None
 
 
-def read_caption(root: Path, relpath: str, column: str | None = None, extension: str | None = None) -> str:
+def read_caption(root: Path, relpath: str, column: str | None = None, extension: str | None = None,
+                 data: str | None = None) -> str:
     try:
-        from_metadata = metadata_caption(root, relpath, column)
+        from_metadata = metadata_caption(root, relpath, column, data)
     except LowvramError:  # the file is refused where the dataset is checked
         from_metadata = None
     if from_metadata:
@@ -149,16 +158,16 @@ def read_caption(root: Path, relpath: str, column: str | None = None, extension:
 
 
 def save_caption(root: Path, relpath: str, text: str, backup_dir: Path, column: str | None = None,
-                 extension: str | None = None, sample: bool = False) -> str:
+                 extension: str | None = None, sample: bool = False, data: str | None = None) -> str:
     """Write the caption atomically; the first edit of a caption file keeps its original in `backup_dir`. An image
     a metadata file captions is not: a caption file beside it would not be read."""
     if sample:  # (--data sample: the cache's copy of the built-in one)
         raise LowvramError("the built-in sample dataset is written anew at each check and run, so an edit would be "
                            f"lost; copy its folder ({Path(root)}) and give the copy as --data to edit its captions")
-    from_metadata = metadata_caption(root, relpath, column)
+    from_metadata = metadata_caption(root, relpath, column, data)
     if from_metadata:
-        raise LowvramError(f"{relpath}: its caption is in a {from_metadata[0]} above it, which training reads "
-                           "instead of caption files; edit it there")
+        raise LowvramError(f"{relpath}: its caption is in {from_metadata[0]}, which training reads instead of "
+                           "caption files; edit it there")
     path = caption_file(root, relpath, extension)
     kept = backup_dir / path.relative_to(os.path.abspath(root))
     if path.is_file() and not kept.exists():  # byte for byte: a UTF-16 or cp1252 original stays as it was
