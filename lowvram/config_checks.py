@@ -573,10 +573,10 @@ def _predicts_epsilon(model: str) -> str:
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return ""  # (a diffusers folder's scheduler says it when it loads)
     try:
-        names = read_header(path)[1]
+        metadata, names, _ = read_header(path)
     except (OSError, ValueError):
         return ""  # (named as broken by the model's own check)
-    if SCHEDULE_MARKERS["v-prediction"] in names:
+    if SCHEDULE_MARKERS["v-prediction"] in names or metadata.get("modelspec.prediction_type") == "v":
         return ""
     return f"{path.name} predicts epsilon (it has no {SCHEDULE_MARKERS['v-prediction']} key, as v-prediction checkpoints do)"
 

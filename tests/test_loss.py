@@ -232,6 +232,11 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
                                            r"v_pred key, as v-prediction checkpoints do\): the last timestep"):
         run_config(model=str(plain), output=str(tmp_path), zero_terminal_snr=True)
     save_file(load_file(str(plain)) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))  # NoobAI-XL V-Pred's
+    # a v-prediction model that says so in its modelspec alone: it trained as epsilon, unsaid
+    said_v = tmp_path / "said-v.safetensors"
+    save_file(load_file(str(plain)), str(said_v), {"modelspec.prediction_type": "v"})
+    run_config(model=str(said_v), output=str(tmp_path), zero_terminal_snr=True)
+    assert load_model(str(said_v)).pipeline.scheduler.config.prediction_type == "v_prediction"
     run_config(model=str(marked), output=str(tmp_path), zero_terminal_snr=True)  # as it predicts
     with pytest.raises(LowvramError, match=r"--prediction-type epsilon: .*marked.safetensors has a zero-terminal-SNR "
                                            r"schedule \(its ztsnr key\)"):  # (it blamed --model, said to predict epsilon)

@@ -240,6 +240,9 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
 
     with safe_open(str(path), framework="pt") as handle:
         markers = set(handle.keys()) & set(SCHEDULE_MARKERS.values())
+        # (a kohya or lowvram save of a v-prediction model may say so in its modelspec alone)
+        if (handle.metadata() or {}).get("modelspec.prediction_type") == "v":
+            markers.add(SCHEDULE_MARKERS["v-prediction"])
     if SCHEDULE_MARKERS["v-prediction"] in markers:
         pipeline.scheduler.register_to_config(prediction_type="v_prediction")
     if SCHEDULE_MARKERS["zero terminal SNR"] in markers:
