@@ -113,8 +113,8 @@ def scheduler_name(text: str) -> str:
     with those."""
     name = text.lower()
     if name == "cosine_with_min_lr":
-        raise ValueError("'cosine_with_min_lr' is kohya's cosine down to a floor: give --scheduler cosine --min-lr-ratio "
-                         "R (the floor's share of --lr)")
+        raise ValueError("'cosine_with_min_lr' is kohya's cosine down to a floor: give --scheduler cosine "
+                         "--min-lr-ratio R (the floor's share of --lr)")
     if name == "adafactor":
         raise ValueError("'adafactor' is kohya's schedule of Adafactor's own step sizes: give --optimizer adafactor "
                          "--optimizer-arg relative_step=True, which sets them with no schedule")
@@ -184,8 +184,9 @@ class ModelConfig:
                                          "(epsilon for SD1.5/SDXL base).", choices=PREDICTION_TYPES)
     zero_terminal_snr: bool = option(False, "Rescale the noise schedule so its last timestep is pure noise (Lin et "
                                      "al. 2023; kohya's --zero_terminal_snr), as v-prediction models such as "
-                                     "NoobAI-XL V-Pred were trained; samples then use a trailing timestep spacing. A checkpoint marked so (its "
-                                     "ztsnr key, as NoobAI-XL V-Pred's) trains with it whatever this says.")
+                                     "NoobAI-XL V-Pred were trained; samples then use a trailing timestep spacing. "
+                                     "A checkpoint marked so (its ztsnr key, as NoobAI-XL V-Pred's) trains with it "
+                                     "whatever this says.")
 
 
 @dataclass(frozen=True)

@@ -578,7 +578,8 @@ def _predicts_epsilon(model: str) -> str:
         return ""  # (named as broken by the model's own check)
     if SCHEDULE_MARKERS["v-prediction"] in names or metadata.get("modelspec.prediction_type") == "v":
         return ""
-    return f"{path.name} predicts epsilon (it has no {SCHEDULE_MARKERS['v-prediction']} key, as v-prediction checkpoints do)"
+    key = SCHEDULE_MARKERS["v-prediction"]
+    return f"{path.name} predicts epsilon (it has no {key} key, as v-prediction checkpoints do)"
 
 
 def sample_prompt_notes(c: RunConfig) -> list[str]:

@@ -93,8 +93,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if args.clip_skip and (problem := clip_skip_problem(detect_family(args.model, args.model_family), args.clip_skip)):
         if not clip_skip:
             raise LowvramError(problem)
-        print(f"--prompt: its Clip skip: {clip_skip} changes nothing on SDXL, which reads its text encoders' "  # (Pony's
-              "penultimate layer already (AUTOMATIC1111 ignores it there too): left out")  # images on Civitai say it)
+        # (Pony's images on Civitai say it)
+        print(f"--prompt: its Clip skip: {clip_skip} changes nothing on SDXL, which reads its text encoders' "
+              "penultimate layer already (AUTOMATIC1111 ignores it there too): left out")
         args.clip_skip = None
     if other := _other_family(args, sources):  # said from the headers, before the model's minute of loading
         raise LowvramError(other)

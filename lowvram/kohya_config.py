@@ -239,10 +239,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
                 "otherwise); use constant, or optimizer_type Adafactor without relative_step=False")
     if left.get("lr_scheduler") == "adafactor":
         left.pop("lr_scheduler")
-    if spec.learning_rate_free and text_rate_default and "text_encoder_lr" in values:  # (prodigyopt refuses groups
-        notes.append(f"text_encoder_lr: not given, so kohya's default learning_rate {KOHYA_LEARNING_RATE:g} would be "  # at
-                     f"the text encoder's, beside unet_lr {values['lr']:g}, and {spec.name} takes one rate for all "  # other
-                     "(kohya stops at its first step): the text encoder trains at the U-Net's "  # rates)
+    # (prodigyopt refuses groups at other rates)
+    if spec.learning_rate_free and text_rate_default and "text_encoder_lr" in values:
+        notes.append(f"text_encoder_lr: not given, so kohya's default learning_rate {KOHYA_LEARNING_RATE:g} would be "
+                     f"the text encoder's, beside unet_lr {values['lr']:g}, and {spec.name} takes one rate for all "
+                     "(kohya stops at its first step): the text encoder trains at the U-Net's "
                      "(network_train_unet_only trains the U-Net alone)")
         del values["text_encoder_lr"]
     if spec.learning_rate_free and not rate_given:  # kohya warns of its default there, and trains almost nothing

@@ -30,7 +30,8 @@ def parse_save_every(value: str | None) -> tuple[int, str] | None:
 
 def is_time(text: str) -> bool:
     """Whether an interval is written as a time: 10m, 30min, 2h, 1.5hours."""
-    return bool(re.fullmatch(r"\d+(\.\d+)?(m|mins?|minutes?|h|hrs?|hours?)", str(text).strip().lower().replace(" ", "")))
+    written = str(text).strip().lower().replace(" ", "")
+    return bool(re.fullmatch(r"\d+(\.\d+)?(m|mins?|minutes?|h|hrs?|hours?)", written))
 
 
 def parse_until(value: str | None) -> tuple[float, str] | None:

@@ -407,8 +407,8 @@ def test_an_unknown_preset_names_the_ones_there_are():
     with pytest.raises(LowvramError, match="presets are character, object, style"):
         preset_path("charcter")
     # OneTrainer's (its whole training config, which --config reads) and a JSON file's
-    with pytest.raises(LowvramError, match=r"^--preset: '#sdxl 1.0 LoRA' is a OneTrainer preset: its file \(OneTrainer's "
-                                           r"training_presets/#sdxl 1.0 LoRA.json\) goes to --config"):
+    with pytest.raises(LowvramError, match=r"^--preset: '#sdxl 1.0 LoRA' is a OneTrainer preset: its file "
+                                           r"\(OneTrainer's training_presets/#sdxl 1.0 LoRA.json\) goes to --config"):
         preset_path("#sdxl 1.0 LoRA")
     with pytest.raises(LowvramError, match=r"^--preset: 'mine.json' is a JSON config: it goes to --config"):
         preset_path("mine.json")

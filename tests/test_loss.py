@@ -221,8 +221,9 @@ def test_zero_terminal_snr_makes_the_last_timestep_pure_noise_and_samples_to_mat
 
 def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path):
     # said by the config check (plan's and --dry-run's too), not after the scan and a minute of the model's loading
-    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon: the last timestep's input is "
-                                           "pure noise, in which an epsilon model has nothing to predict; it needs a v-pred"):
+    with pytest.raises(LowvramError, match="--zero-terminal-snr: tiny predicts epsilon: the last timestep's input "
+                                           "is pure noise, in which an epsilon model has nothing to predict; it needs "
+                                           "a v-pred"):
         run_config(output=str(tmp_path), zero_terminal_snr=True)
     from lowvram.cli import main
 
@@ -231,7 +232,8 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
     with pytest.raises(LowvramError, match=r"--zero-terminal-snr: plain.safetensors predicts epsilon \(it has no "
                                            r"v_pred key, as v-prediction checkpoints do\): the last timestep"):
         run_config(model=str(plain), output=str(tmp_path), zero_terminal_snr=True)
-    save_file(load_file(str(plain)) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))  # NoobAI-XL V-Pred's
+    # NoobAI-XL V-Pred's keys
+    save_file(load_file(str(plain)) | {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))
     # a v-prediction model that says so in its modelspec alone: it trained as epsilon, unsaid
     said_v = tmp_path / "said-v.safetensors"
     save_file(load_file(str(plain)), str(said_v), {"modelspec.prediction_type": "v"})
@@ -239,7 +241,7 @@ def test_zero_terminal_snr_is_refused_for_a_model_that_predicts_epsilon(tmp_path
     assert load_model(str(said_v)).pipeline.scheduler.config.prediction_type == "v_prediction"
     run_config(model=str(marked), output=str(tmp_path), zero_terminal_snr=True)  # as it predicts
     with pytest.raises(LowvramError, match=r"--prediction-type epsilon: .*marked.safetensors has a zero-terminal-SNR "
-                                           r"schedule \(its ztsnr key\)"):  # (it blamed --model, said to predict epsilon)
+                                           r"schedule \(its ztsnr key\)"):  # (it blamed --model)
         train(run_config(model=str(marked), output=str(tmp_path / "eps"), prediction_type="epsilon", max_steps=1))
     with pytest.raises(LowvramError, match="--zero-terminal-snr: the last timestep's input is pure noise"):
         build_config({"model": "tiny", "data": "sample", "zero_terminal_snr": True, "prediction_type": "epsilon"})

@@ -47,10 +47,10 @@ def test_a_wrong_setting_is_one_line_naming_what_the_optimizer_takes():
                                                    "once")),
                         # kohya_ss's one string of them, read as one setting: "amsgrad=True eps=1e-8: must be True or
                         # False"
-                        (["amsgrad=True eps=1e-8"], ("--optimizer-arg: 'amsgrad=True eps=1e-8' holds 2 settings: give "
-                                                    "each as its own item (--optimizer-arg amsgrad=True --optimizer-arg "
-                                                    "eps=1e-8; in a TOML file, optimizer_args = [\"amsgrad=True\", "
-                                                    "\"eps=1e-8\"])"))):
+                        (["amsgrad=True eps=1e-8"], (
+                            "--optimizer-arg: 'amsgrad=True eps=1e-8' holds 2 settings: give each as its own item "
+                            "(--optimizer-arg amsgrad=True --optimizer-arg eps=1e-8; in a TOML file, optimizer_args = "
+                            "[\"amsgrad=True\", \"eps=1e-8\"])"))):
         with pytest.raises(LowvramError) as error:
             run_config(optimizer_args=items)
         assert str(error.value) == says

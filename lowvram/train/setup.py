@@ -554,10 +554,11 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                               f"steps: the learning rate {reached} --lr {config.lr:g}; lower --warmup-steps (say "
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
     cycles, decaying = config.optim.scheduler_cycles, schedule.total_steps - warmup
-    if config.optim.scheduler == "cosine_with_restarts" and decaying and cycles > decaying / 2:  # (20 cycles in 10
-        session.console.print(f"[yellow]warning:[/] --scheduler-cycles {cycles} leaves each cycle under 2 of the "  # steps:
-                              f"{decaying} steps after the warm-up, so the rate barely decays (or not at all) before "  # held
-                              f"each restart; lower --scheduler-cycles (say {max(1, decaying // 10)})", soft_wrap=True)  # at --lr)
+    # (20 cycles in 10 steps: held at --lr throughout)
+    if config.optim.scheduler == "cosine_with_restarts" and decaying and cycles > decaying / 2:
+        session.console.print(f"[yellow]warning:[/] --scheduler-cycles {cycles} leaves each cycle under 2 of the "
+                              f"{decaying} steps after the warm-up, so the rate barely decays (or not at all) before "
+                              f"each restart; lower --scheduler-cycles (say {max(1, decaying // 10)})", soft_wrap=True)
     trained_alphas = {alpha for alpha, rank in zip(run.blocks.alphas, run.blocks.ranks) if rank} if run.blocks else ()
     if len(trained_alphas) > 1 and config.output.format != "diffusers":  # (a block of rank 0 has no adapters)
         session.console.print("[yellow]note:[/] --block-alphas differ between blocks: diffusers' reader of kohya files "
