@@ -77,6 +77,12 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if problems:
         raise LowvramError("\n".join(problems))
     prompt = _with_trigger(prompt, sources)
+    for path in dict.fromkeys(path.resolve() for path, _ in sources):  # (a strength sweep tried in one call)
+        weights = [weight for given, weight in sources if given.resolve() == path]
+        if len(weights) > 1:
+            print(f"--lora: {path.name} is given {len(weights)} times: its strengths add up "
+                  f"({' + '.join(f'{w:g}' for w in weights)} = {sum(weights):g}), as two ComfyUI loaders of one file "
+                  "do; for an image at each strength, run generate once per strength")
     if prompt.negative and args.negative_prompt and args.negative_prompt != prompt.negative:
         print("--negative-prompt: the prompt's own --n replaces it (kohya's inline options win over the flags)")
     if options_elsewhere(args.prompt):

@@ -130,6 +130,10 @@ def test_a_lora_trained_with_clip_skip_is_rendered_with_it(tmp_path, capsys):
     off = render(tmp_path, "off", "--prompt", "lvshape", "--lora", f"{lora}:0")
     assert "trained with" not in capsys.readouterr().out
     assert np.array_equal(off, render(tmp_path, "base", "--prompt", "lvshape"))
+    # one file given twice, a strength sweep tried in one call: they stack, and are said to (one image, unsaid)
+    render(tmp_path, "twice", "--prompt", "lvshape", "--lora", f"{lora}:0.5", "--lora", f"{lora}:0.8")
+    assert ("--lora: skip.safetensors is given 2 times: its strengths add up (0.5 + 0.8 = 1.3), as two ComfyUI "
+            "loaders of one file do") in " ".join(capsys.readouterr().out.split())
 
 
 def test_ai_toolkits_trigger_placeholder_takes_the_loras_trigger_word(tmp_path, capsys):
