@@ -32,7 +32,7 @@ from lowvram.errors import PICKLE_SUFFIXES, LowvramError, pickle_refusal, shell_
 from lowvram.files import closest, expand_home, not_found_hint
 from lowvram.formats import network_refusal
 from lowvram.lora_header import network_options, network_weights_problem, no_layers_why, read_header
-from lowvram.models.families import FAMILIES, SCHEDULE_MARKERS
+from lowvram.models.families import FAMILIES, SCHEDULE_MARKERS, declared_schedule
 from lowvram.optim import OPTIMIZER_CHOICES, OPTIMIZERS, optimizer_kwargs, sets_own_step_sizes, spec_of
 from lowvram.option_values import (
     FP16_LARGEST,
@@ -576,7 +576,7 @@ def _predicts_epsilon(model: str) -> str:
         metadata, names, _ = read_header(path)
     except (OSError, ValueError):
         return ""  # (named as broken by the model's own check)
-    if SCHEDULE_MARKERS["v-prediction"] in names or metadata.get("modelspec.prediction_type") == "v":
+    if "v-prediction" in declared_schedule(names, metadata):
         return ""
     key = SCHEDULE_MARKERS["v-prediction"]
     return f"{path.name} predicts epsilon (it has no {key} key, as v-prediction checkpoints do)"

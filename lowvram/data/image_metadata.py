@@ -8,11 +8,12 @@ import glob
 import io
 import json
 import math
+import re
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from lowvram.config import CAPTION_SUFFIXES, IMAGE_SUFFIXES, METADATA_FILES
-from lowvram.dataset_files.kohya import is_kohya_metadata, kohya_metadata_use
+from lowvram.dataset_files.kohya import kohya_metadata_use
 from lowvram.errors import LowvramError
 
 UNREAD_METADATA_FILES = ("metadata.parquet",)
@@ -147,15 +148,21 @@ def _folders_of(folder, metadata: FolderMetadata, root: Path, notes: list[str]) 
     return [folder._replace(path=path, captions=own[path], captions_from=metadata.file.name) for path in sorted(own)]
 
 
+# kohya's fine-tuning metadata as it starts: an object of image keys, each an object of its caption or tags
+KOHYA_METADATA_START = re.compile(r'\s*\{\s*"[^"]*"\s*:\s*\{[^{}]*"(caption|tags)"\s*:')
+KOHYA_METADATA_HEAD = 64 * 2**10
+
+
 def kohya_metadata_note(folder: Path, root: Path) -> str | None:
     """A note on kohya's fine-tuning metadata file (meta_cap.json, meta_lat.json: its scripts' names) in an image
     folder, whose captions a folder's scan does not read; None where there is none."""
     for path in sorted(folder.glob("meta*.json"))[:3]:
-        try:
-            if path.stat().st_size > MAX_METADATA_BYTES or not is_kohya_metadata(
-                    json.loads(path.read_text(encoding="utf-8-sig"))):
-                continue
-        except (OSError, ValueError):
+        try:  # (its head alone, at each scan: a meta_lat.json of a large set runs to tens of MB)
+            with open(path, "rb") as fh:
+                head = fh.read(KOHYA_METADATA_HEAD).decode("utf-8-sig", errors="replace")
+        except OSError:
+            continue
+        if not KOHYA_METADATA_START.match(head):
             continue
         return (f"{_shown(path, root)} holds kohya's fine-tuning captions, which an image folder's scan does not "
                 "read (its images train on their caption files, else their folder's name): to train them, "

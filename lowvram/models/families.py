@@ -25,6 +25,13 @@ CONFIG_ROOT = Path(__file__).parent / "configs"
 # a single file's keys that say how it samples, what ComfyUI reads (NoobAI-XL V-Pred carries both), by the change
 # loading.follow_lora_schedule names
 SCHEDULE_MARKERS = {"v-prediction": "v_pred", "zero terminal SNR": "ztsnr"}
+
+
+def declared_schedule(names, metadata: dict[str, str]) -> set[str]:
+    """What a single file says of how it samples (SCHEDULE_MARKERS' changes), from its tensor names and its
+    metadata: its keys, or (a kohya or lowvram save of a v-prediction model) its modelspec alone."""
+    found = {change for change, key in SCHEDULE_MARKERS.items() if key in names}
+    return found | ({"v-prediction"} if metadata.get("modelspec.prediction_type") == "v" else set())
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 UNET_TRANSFORMER = UNET_ATTENTION + ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")

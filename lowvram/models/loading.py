@@ -35,7 +35,7 @@ from lowvram.models.detect import (
     path_not_found,
     quiet_hub,
 )
-from lowvram.models.families import DEFAULT_READING, FAMILIES, SCHEDULE_MARKERS, ModelFamily, family_for_pipeline
+from lowvram.models.families import DEFAULT_READING, FAMILIES, ModelFamily, declared_schedule, family_for_pipeline
 from lowvram.models.ldm_layout import SD15_CLIP_PREFIX
 
 RANDOM_INIT_SEED = 0  # `--model tiny` is one fixed model, so a LoRA trained on it loads on it again later
@@ -239,13 +239,10 @@ def _load_single_file(path: Path, forced: ModelFamily | None, dtype: torch.dtype
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        markers = set(handle.keys()) & set(SCHEDULE_MARKERS.values())
-        # (a kohya or lowvram save of a v-prediction model may say so in its modelspec alone)
-        if (handle.metadata() or {}).get("modelspec.prediction_type") == "v":
-            markers.add(SCHEDULE_MARKERS["v-prediction"])
-    if SCHEDULE_MARKERS["v-prediction"] in markers:
+        declared = declared_schedule(set(handle.keys()), handle.metadata() or {})
+    if "v-prediction" in declared:
         pipeline.scheduler.register_to_config(prediction_type="v_prediction")
-    if SCHEDULE_MARKERS["zero terminal SNR"] in markers:
+    if "zero terminal SNR" in declared:
         pipeline.scheduler = zero_terminal_snr_sampler(pipeline.scheduler)
     return LoadedModel(family, pipeline, str(path), path.name, file_short_hash(path))
 
