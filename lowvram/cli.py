@@ -501,7 +501,8 @@ def _run_command(argv: list[str] | None) -> int:
                 if unwritable(config.output_dir):
                     raise LowvramError(f"--output: {unwritable(config.output_dir)}; choose an --output folder you can "
                                        "write to")
-                from lowvram.train.outdir import FolderLock, copy_problem, existing_lora_problem
+                from lowvram.train.folder_lock import FolderLock
+                from lowvram.train.outdir import copy_problem, existing_lora_problem
 
                 # a lock there (a run going on, another machine's going stale, or under accelerate launch the main
                 # process's own): the run waits for it or names it first; the run checks the whole folder again

@@ -184,7 +184,7 @@ def test_a_refusal_every_process_reaches_is_said_once(tmp_path):
 def test_an_output_folder_held_by_another_run_is_refused_by_every_process(tmp_path):
     """The main process refused a busy --output (exit 75) before the process group formed; the other waited to join
     it until the launcher killed it 30 s later (SIGKILL, a traceback): every process now looks, and each ends 75."""
-    from lowvram.train.outdir import FolderLock
+    from lowvram.train.folder_lock import FolderLock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -209,14 +209,14 @@ def test_an_output_folder_held_by_another_run_is_refused_by_every_process(tmp_pa
 def test_a_process_of_a_launch_takes_the_lock_its_own_main_process_holds_for_its_own(tmp_path, monkeypatch):
     """On GPUs (NCCL connects lazily) the main process may take the folder's lock before another process of the
     same launch looked at it: that one refused the run as 'in use by another lowvram run', naming its main process."""
-    from lowvram.train.outdir import FolderLock
+    from lowvram.train.folder_lock import FolderLock
 
     launch = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     for key, value in launch.items():
         monkeypatch.setenv(key, value)
     held = FolderLock(tmp_path)  # (this process stands for the launch's main process)
     held.acquire()
-    look = "from pathlib import Path; from lowvram.train.outdir import FolderLock; import sys; " \
+    look = "from pathlib import Path; from lowvram.train.folder_lock import FolderLock; import sys; " \
            "print(FolderLock(Path(sys.argv[1])).held_by_another())"
     try:
         for port, busy in (("29500", False), ("29501", True)):  # (the same launch; another launch's process)

@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from lowvram.errors import LowvramError, TrainingInterrupted
 from lowvram.train import checkpoint_folders
+from lowvram.train.folder_lock import LOCK
 from lowvram.train.loop import train
-from lowvram.train.outdir import ARCHIVE, LOCK, RECORD
+from lowvram.train.outdir import ARCHIVE, RECORD
 
 
 def test_a_run_stopped_at_once_names_the_checkpoint_it_left_and_the_command_that_continues(tmp_path, monkeypatch,
@@ -345,7 +346,8 @@ def test_a_run_that_loses_the_race_for_its_folder_is_refused_as_busy_too(tmp_pat
     from lowvram.errors import Busy
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
-    from lowvram.train.outdir import FolderLock, claimed
+    from lowvram.train.folder_lock import FolderLock
+    from lowvram.train.outdir import claimed
 
     run = resolve_run(run_config(output=str(tmp_path / "run"), max_steps=1), NO_GPU)
     held = FolderLock(tmp_path / "run")  # (this process stands for the other run, which took it first)
@@ -360,7 +362,7 @@ def test_a_run_that_loses_the_race_for_its_folder_is_refused_as_busy_too(tmp_pat
 
 
 def test_a_folder_in_use_is_said_first_not_after_what_resume_auto_finds_there(tmp_path, capsys):
-    from lowvram.train.outdir import FolderLock
+    from lowvram.train.folder_lock import FolderLock
 
     held = FolderLock(tmp_path / "run")  # this process stands for a run still caching (no checkpoint yet)
     held.acquire()
@@ -390,12 +392,12 @@ def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing
     process lookup cannot tell the run is gone: its resume was refused for good."""
     import time
 
-    from lowvram.train import outdir
+    from lowvram.train import folder_lock
 
-    lock = outdir.FolderLock(tmp_path / "run")
+    lock = folder_lock.FolderLock(tmp_path / "run")
     lock.path.parent.mkdir()
     theirs = {"pid": 1, "host": "8f2c1a9b7d3e", "since": "2026-12-05T08:01:07+00:00"}
-    old = time.time() - outdir.LOCK_STALE_S - 5
+    old = time.time() - folder_lock.LOCK_STALE_S - 5
     lock.path.write_text(json.dumps(theirs))  # an earlier lowvram's, which never refreshed it: held
     os.utime(lock.path, (old, old))
     assert "in use by another lowvram run (pid 1 on 8f2c1a9b7d3e" in lock.held_by_another()
@@ -410,7 +412,7 @@ def test_a_lock_another_machine_left_is_taken_over_once_its_run_stops_refreshing
     lock.release()
     assert json.loads(lock.path.read_text())["pid"] == 1
     lock.path.unlink()
-    monkeypatch.setattr(outdir, "LOCK_HEARTBEAT_S", 0.05)  # a live run refreshes its own
+    monkeypatch.setattr(folder_lock, "LOCK_HEARTBEAT_S", 0.05)  # a live run refreshes its own
     lock.acquire()
     try:
         os.utime(lock.path, (old, old))
@@ -427,14 +429,14 @@ def test_a_run_waits_while_another_machines_unrefreshed_lock_goes_stale(tmp_path
     import threading
     import time
 
-    from lowvram.train import outdir
+    from lowvram.train import folder_lock
 
-    monkeypatch.setattr(outdir, "LOCK_POLL_S", 0.2)
-    lock = outdir.FolderLock(tmp_path / "run")
+    monkeypatch.setattr(folder_lock, "LOCK_POLL_S", 0.2)
+    lock = folder_lock.FolderLock(tmp_path / "run")
     lock.path.parent.mkdir()
     lock.path.write_text(json.dumps({"pid": 1, "host": "colab-old-vm", "since": "2026-12-05T08:01:07+00:00",
                                      "refreshed": True}))
-    touched = time.time() - outdir.LOCK_STALE_S + 2  # stale in 2 s
+    touched = time.time() - folder_lock.LOCK_STALE_S + 2  # stale in 2 s
     os.utime(lock.path, (touched, touched))
     started = time.monotonic()
     train(run_config(output=str(tmp_path / "run"), max_steps=1, cache_dir=str(tmp_path / "cache")))
@@ -457,11 +459,11 @@ def test_a_run_waits_while_another_machines_unrefreshed_lock_goes_stale(tmp_path
     # the command line too (the notebook's cell): its early look at the folder left the lock to the run, which waits
     from lowvram.cli import main
 
-    fresh = outdir.FolderLock(tmp_path / "again")
+    fresh = folder_lock.FolderLock(tmp_path / "again")
     fresh.path.parent.mkdir()
     fresh.path.write_text(json.dumps({"pid": 1, "host": "colab-old-vm", "since": "2026-12-05T08:01:07+00:00",
                                       "refreshed": True}))
-    os.utime(fresh.path, (time.time() - outdir.LOCK_STALE_S + 2,) * 2)
+    os.utime(fresh.path, (time.time() - folder_lock.LOCK_STALE_S + 2,) * 2)
     (tmp_path / "again" / "again.safetensors").write_bytes(b"")  # (its LoRA, unrecorded: said after the wait)
     capsys.readouterr()
     assert main(["train", "--model", "tiny", "--data", "sample", "--max-steps", "1", "--output",
@@ -574,9 +576,9 @@ def test_a_lock_left_in_a_folder_gone_read_only_is_no_second_error(tmp_path, mon
     from removing its lock, which the next run takes over as its dead pid's."""
     from pathlib import Path
 
-    from lowvram.train import outdir
+    from lowvram.train import folder_lock
 
-    lock = outdir.FolderLock(tmp_path / "run")
+    lock = folder_lock.FolderLock(tmp_path / "run")
     lock.acquire()
     unlink = Path.unlink
 

@@ -154,7 +154,7 @@ def test_a_run_refused_as_its_folder_is_held_reads_as_refused_not_failed(tmp_pat
     import subprocess
     import sys
 
-    from lowvram.train.outdir import FolderLock
+    from lowvram.train.folder_lock import FolderLock
     from lowvram.ui.runs import TrainingProcess
 
     held = FolderLock(tmp_path / "run")  # (this process stands for the run that took the folder first)
@@ -996,7 +996,7 @@ def test_start_and_resume_name_a_run_still_going_in_the_output_folder(tmp_path):
     out = tmp_path / "out"
     config = tmp_path / "run.toml"
     config.write_text(toml_text({"model": "tiny", "data": "sample", "output": str(out), "max_steps": 2}))
-    holding = ("import sys, time\nfrom pathlib import Path\nfrom lowvram.train.outdir import FolderLock\n"
+    holding = ("import sys, time\nfrom pathlib import Path\nfrom lowvram.train.folder_lock import FolderLock\n"
                "FolderLock(Path(sys.argv[1])).acquire()\nprint('ready', flush=True)\ntime.sleep(600)")
     out.mkdir()
     run = subprocess.Popen([sys.executable, "-c", holding, str(out)], stdout=subprocess.PIPE, text=True)

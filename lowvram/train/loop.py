@@ -29,6 +29,7 @@ from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
 from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora
 from lowvram.train import checkpoint, outdir, publish
+from lowvram.train.folder_lock import FolderLock
 from lowvram.train.metadata import TrainingShape
 from lowvram.train.progress import StopOnSignal, TrainingProgress, clock
 from lowvram.train.runlog import RunLog, log_early_end
@@ -87,7 +88,7 @@ def train(config: RunConfig, console: Console | None = None) -> TrainResult:
     # after every process has joined the process group: none has taken it yet). Every process looks, the main one
     # alone saying so: the others, left waiting to join a main process that had refused, hung until the launcher
     # killed them
-    lock = outdir.FolderLock(config.output_dir)
+    lock = FolderLock(config.output_dir)
     lock.wait_while_going_stale(lambda line: None if another_process() else (console or log_console()).print(
         line, soft_wrap=True, highlight=False))
     if busy := lock.held_by_another():

@@ -206,7 +206,8 @@ def output_problem(config_path: Path, resume: str | None, overwrite: bool = Fals
     from lowvram.configure import build_config, read_config
     from lowvram.hardware import NO_GPU
     from lowvram.resolve import resolve_run
-    from lowvram.train.outdir import FolderLock, ownership_problem, processes_problem
+    from lowvram.train.folder_lock import FolderLock
+    from lowvram.train.outdir import ownership_problem, processes_problem
 
     try:
         config = build_config(read_config(config_path) | ({"resume": resume} if resume else {})
