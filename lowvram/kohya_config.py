@@ -22,9 +22,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.config import SAVE_PRECISION, SAVE_PRECISION_ALIASES, SCHEDULERS, SECTIONS, fields_by_name
-from lowvram.errors import LowvramError, quoted
+from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_utf8
 from lowvram.kohya_names import (
     KOHYA_EQUIVALENTS,
@@ -33,13 +32,18 @@ from lowvram.kohya_names import (
     SD_SCRIPTS_SETTINGS,
     WITHOUT_COUNTERPART,
 )
+from lowvram.kohya_network import network_settings
+from lowvram.kohya_optimizer import (
+    KOHYA_LEARNING_RATE,
+    check_schedule_settings,
+    learning_rates,
+    optimizer_settings,
+    scheduler_class,
+    without_rates,
+    without_schedule,
+)
+from lowvram.kohya_values import as_number, is_off, switched_on
 from lowvram.optim import (
-    KOHYA_CLASSES,
-    KOHYA_OPTIMIZERS,
-    RATE_OPTIONS,
-    TORCH_OPTIMIZERS,
-    library_defaults,
-    optimizer_kwargs,
     sets_own_step_sizes,
     spec_of,
 )
@@ -76,8 +80,6 @@ SWITCHES = {"v_parameterization": ("prediction_type", "v_prediction"), "xformers
 SAME = {flag[2:]: ours[2:].replace("-", "_") for flag, ours in KOHYA_FLAGS.items()
         if re.fullmatch(r"--[a-z0-9-]+", ours) and flag[2:] not in SWITCHES} | {"seed": "seed", "vae": "vae",
                                                                               "resolution": "resolution"}
-LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
-LYCORIS_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
 SAVE_PRECISIONS = {name: name for name in SAVE_PRECISION} | SAVE_PRECISION_ALIASES
 # settings that change nothing lowvram does: it always caches, picks its own loader and kernels, and logs to --output
 INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
@@ -122,46 +124,6 @@ def flat_config(doc: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _pairs(value: Any) -> dict[str, str]:
-    """kohya's `network_args`/`optimizer_args`: ["conv_dim=8", "conv_alpha=1"] (or one such string)."""
-    items = value if isinstance(value, list) else str(value).split()
-    return {k.strip(): v.strip().strip("\"'") for k, _, v in (str(item).partition("=") for item in items) if k.strip()}
-
-
-def number_or_text(value: Any) -> Any:
-    """A value kept as text where a number is meant ("75", "0": the kohya_ss GUI's fields, a launcher's flags) as
-    that number; anything else as it is."""
-    if isinstance(value, str):
-        for kind in (int, float):
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-    return value
-
-
-def as_number(value: Any, key: str, problem, kind: type = float) -> Any:
-    """A kohya value as a number; where it is none, the problem is recorded and a stand-in returned, so that the
-    rest of the file is still checked and every problem reported at once."""
-    try:
-        number = float(value)
-        if kind is int and not number.is_integer():
-            raise ValueError
-        return kind(number)
-    except (TypeError, ValueError, OverflowError):  # (int(inf): a number too large for a float)
-        problem(key, f"{quoted(value)} is not {'a whole number' if kind is int else 'a number'}")
-        return kind(1)
-
-
-def _off(value: Any) -> bool:
-    return value is None or value is False or value == 0 or value == "" or value == []
-
-
-def switched_on(value: Any) -> bool:
-    """A switch's value on (an older kohya_ss's "False", as text, is off: it was read as on)."""
-    return not _off(value) and not (isinstance(value, str) and value.strip().lower() == "false")
-
-
 def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
               by_hand: bool | Collection[str] = True, prompted: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(lowvram option values, notes for the user) for a kohya config document; `prompts`: sample prompts it comes
@@ -175,7 +137,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         prompts = None
     # kohya's off values are left out, except where 0 means something: no clipping, an untrained text encoder
     left = {key: value for key, value in flat.items()
-            if not _off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}
+            if not is_off(value) or key in ("max_grad_norm", "text_encoder_lr", "network_alpha")}
     notes: list[str] = []
     values: dict[str, Any] = {}
     if "enable_bucket" in flat:  # (true too: over a dataset file's own default)
@@ -218,11 +180,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
                 f"{json.dumps(str(flat.get('train_data_dir') or 'IMAGES'))}, metadata_file = "
                 f"{json.dumps(str(in_json))}, {repeats}and set dataset_config to it in place of train_data_dir "
                 "(its cached latents are not read: lowvram caches its own)")
-    values |= _network(left, notes, problem)
+    values |= network_settings(left, notes, problem)
     values |= _base_weights(left, problem)
     rate_given = any(left.get(key) is not None for key in ("learning_rate", "unet_lr"))
     text_rate_default = all(left.get(key) is None for key in ("learning_rate", "text_encoder_lr"))
-    values |= _learning_rates(left, values["train_text_encoder"], problem)
+    values |= learning_rates(left, values["train_text_encoder"], problem)
     set_by = None  # sd-scripts' older switches for their optimizers (a kohya_ss GUI file's are read as it reads them)
     for switch, kind in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):
         if switched_on(left.pop(switch, None)):  # (refused as another trainer's: a switch sd-scripts still reads)
@@ -231,7 +193,7 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
                 problem(switch, f"{set_by + ' sets' if set_by else 'optimizer_type is'} {other} too; keep one "
                         "(sd-scripts refuses both)")
             left["optimizer_type"], set_by = kind, switch
-    optimizer = _optimizer(left, notes, problem)
+    optimizer = optimizer_settings(left, notes, problem)
     spec = spec_of(optimizer.get("optimizer", "adamw"))
     own_steps = sets_own_step_sizes(spec.name, optimizer.get("optimizer_args", []))
     if left.get("lr_scheduler") == "adafactor" and not own_steps:  # kohya's, which only logs such steps
@@ -252,13 +214,13 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
                      f"step size to almost nothing (kohya warns so): --lr {spec.default_lr:g}, its usual scale")
     values |= _length_and_saves(left, notes, problem, path)
     if spec_of(optimizer.get("optimizer", "adamw")).schedule_free:
-        _without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
+        without_schedule(values, optimizer["optimizer"], scheduler_type, notes)
     elif own_steps:
-        _without_rates(values, flat, notes)
+        without_rates(values, flat, notes)
     elif scheduler_type:  # kohya's own schedule class replaces lr_scheduler: training it otherwise changes the LoRA
-        values |= _scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
+        values |= scheduler_class(str(scheduler_type), flat.get("lr_scheduler_args") or [], values, notes, problem)
     else:
-        _schedule_settings(flat, problem)
+        check_schedule_settings(flat, problem)
     values |= optimizer
     stop = as_number(left.pop("stop_text_encoder_training", 0) or 0, "stop_text_encoder_training", problem, int)
     if stop and values["train_text_encoder"]:  # only sd-scripts' DreamBooth script reads it (-1 there: none)
@@ -285,9 +247,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         left.pop("lr_scheduler_power", None)
     if flat.get("lr_scheduler") != "cosine_with_restarts" or values.get("scheduler") not in (None,
                                                                                           "cosine_with_restarts"):
-        left.pop("lr_scheduler_num_cycles", None)  # and the cycles, where they count (_schedule_settings), not
+        left.pop("lr_scheduler_num_cycles", None)  # and the cycles, where they count (check_schedule_settings), not
         # where a schedule-free optimizer or lr_scheduler_type replaced lr_scheduler's schedule
-    left.pop("lr_scheduler_timescale", None)  # only inverse_sqrt reads it (_schedule_settings)
+    left.pop("lr_scheduler_timescale", None)  # only inverse_sqrt reads it (check_schedule_settings)
     precision = left.pop("save_precision", None)
     if precision is not None and str(precision) not in SAVE_PRECISIONS:
         problem("save_precision", f"'{precision}' is not one of {', '.join(SAVE_PRECISIONS)}")
@@ -454,135 +416,7 @@ def _logging(left: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     return values
 
 
-WHOLE_LOKR_RANK = 100_000  # a LoKr of this rank has whole Kronecker factors (LyCORIS's full_matrix; its presets')
-LYCORIS_UNTRAINED = {"decompose_both": "its first Kronecker factor decomposed too",
-                     "use_scalar": "a trained scale on each update", "train_norm": "trained normalization layers"}
-
-
-def _network(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
-    """The network, its rank and alpha (kohya's defaults 4 and 1), its layers and whether the text encoder trains."""
-    module = str(left.pop("network_module", "networks.lora"))
-    args = _pairs(left.pop("network_args", []))
-    rank = as_number(left.pop("network_dim", 4), "network_dim", problem, int)
-    alpha = as_number(left.pop("network_alpha", 1.0), "network_alpha", problem) or float(rank)  # kohya: 0 is = rank
-    values: dict[str, Any] = {"rank": rank, "alpha": alpha, "network": "lora",
-                              "train_text_encoder": not left.pop("network_train_unet_only", False)}
-    if left.pop("dim_from_weights", False) and left.get("network_weights"):  # the rank and alpha are the file's
-        del values["rank"], values["alpha"]
-    conv_dim, conv_alpha = args.pop("conv_dim", None), args.pop("conv_alpha", None)
-    if module == "networks.lora":
-        # kohya's LoRA adapts every layer of the transformer blocks; conv_dim adds the ResNet convolutions (LoCon)
-        values["lora_layers"] = "full" if conv_dim else "attn-mlp"
-        if conv_dim:  # kohya's conv_alpha defaults to 1, and 0 is conv_dim (as network_alpha 0 is the rank)
-            conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
-            values |= {"conv_rank": conv_rank,
-                       "conv_alpha": as_number(conv_alpha or 1.0, "network_args conv_alpha", problem) or float(conv_rank)}
-        values |= _block_args(args, conv_alpha, notes, problem)
-        if "conv_block_ranks" in values:
-            values["lora_layers"] = "full"
-        values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
-        threshold = as_number(args.pop("block_lr_zero_threshold", 0) or 0, "network_args block_lr_zero_threshold",
-                              problem)
-        if threshold and any(key in values for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")):
-            values["block_lr_zero_threshold"] = threshold
-    elif module == "lycoris.kohya":
-        algo = args.pop("algo", "lora")
-        dora = str(args.pop("dora_wd", "")).lower() == "true"
-        if algo not in LYCORIS_ALGOS:
-            problem("network_args", f"LyCORIS algo '{algo}' is not one lowvram trains ({', '.join(LYCORIS_ALGOS)})")
-        values["network"] = "dora" if dora and LYCORIS_ALGOS.get(algo) == "lora" else LYCORIS_ALGOS.get(algo, "lora")
-        if dora and values["network"] in ("loha", "lokr"):  # LyCORIS decomposes their weights too; peft's do not
-            problem("network_args dora_wd", f"LyCORIS's {algo} with weight decomposition is not one lowvram trains "
-                    "(its DoRA is LoRA's); set dora_wd=False, or use algo=locon with dora_wd=True")
-        preset = args.pop("preset", "full")  # LyCORIS's default preset
-        if preset == "unet-transformer-only":  # LyCORIS's attn-mlp on the U-Net alone
-            values |= {"lora_layers": "attn-mlp", "train_text_encoder": False}
-        elif preset not in LYCORIS_PRESETS:
-            problem("network_args", f"LyCORIS preset '{preset}' is not one lowvram trains "
-                    f"({', '.join(LYCORIS_PRESETS)}, unet-transformer-only)")
-        else:
-            values["lora_layers"] = LYCORIS_PRESETS[preset]
-        if values.get("lora_layers") == "full":
-            notes.append("LyCORIS preset full: trained as --lora-layers full, kohya's LoCon layers, which leave out "
-                         "the U-Net's conv_in, conv_out and time embedding that LyCORIS's full adapts too")
-        if conv_dim and values.get("lora_layers") == "full":  # LyCORIS's conv_alpha defaults to network_alpha (0: dim)
-            conv_rank = as_number(conv_dim, "network_args conv_dim", problem, int)
-            values |= {"conv_rank": conv_rank,
-                       "conv_alpha": as_number(conv_alpha or alpha, "network_args conv_alpha", problem) or float(conv_rank)}
-        tucker = [key for key in ("use_cp", "use_tucker") if str(args.pop(key, "")).lower() == "true"]
-        if tucker and "conv_rank" in values:  # it factors the 3x3 convolutions' adapters otherwise than peft's
-            problem(f"network_args {tucker[0]}", "LyCORIS's CP (Tucker) decomposition of the convolutions is not one "
-                    f"lowvram trains; set {tucker[0]}=False, or drop conv_dim")
-        switched = {key for key in ("full_matrix", "decompose_both", "use_scalar", "train_norm")
-                    if str(args.pop(key, "")).lower() == "true"}
-        if "full_matrix" in switched and values["network"] == "lokr" and "rank" in values:
-            values["rank"] = WHOLE_LOKR_RANK  # (LyCORIS ignores it for the other algos)
-            if "conv_rank" in values:  # (its convolutions' factors are whole too)
-                values["conv_rank"] = WHOLE_LOKR_RANK
-            notes.append(f"full_matrix=True: trained as rank {WHOLE_LOKR_RANK}, whose Kronecker factors are whole, "
-                         "at scale 1, as LyCORIS trains them")
-        for key, what in LYCORIS_UNTRAINED.items():  # (each trains another network than lowvram's)
-            if key in switched:
-                problem(f"network_args {key}", f"LyCORIS's {key} ({what}) is not one lowvram trains; set {key}=False")
-        factor = args.pop("factor", None)
-        if factor is not None and values["network"] == "lokr":
-            values["lokr_factor"] = as_number(factor, "network_args factor", problem, int)
-        values |= _dropouts(args, ("rank_dropout", "module_dropout"), problem)
-        if values["network"] in ("loha", "lokr") and left.pop("network_dropout", None):
-            notes.append(f"network_dropout: LyCORIS's {algo} has no dropout of its own and ignores it; not carried "
-                         "over (module_dropout in network_args leaves out whole layers)")
-        args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
-    else:
-        problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
-                f"algo {', '.join(LYCORIS_ALGOS)})")
-    # kohya's part-specific LoRA+ ratios win over loraplus_lr_ratio; a part with neither trains without LoRA+
-    shared = args.pop("loraplus_lr_ratio", None)
-    unet = args.pop("loraplus_unet_lr_ratio", None) or shared
-    text = args.pop("loraplus_text_encoder_lr_ratio", None) or shared or (1 if unet else None)
-    if (unet or text) and values["network"] not in ("lora", "dora"):
-        notes.append(f"loraplus ratios: LoRA+ speeds up LoRA's up (B) matrices alone, which {values['network']} has "
-                     "none of; not carried over")
-    if unet and values["network"] in ("lora", "dora"):
-        values["loraplus_ratio"] = as_number(unet, "network_args loraplus_lr_ratio", problem)
-    if text and values["network"] in ("lora", "dora") and values["train_text_encoder"]:
-        text = as_number(text, "network_args loraplus_text_encoder_lr_ratio", problem)
-        if text != values.get("loraplus_ratio"):
-            values["loraplus_text_encoder_ratio"] = text
-    args = {key: value for key, value in args.items() if str(value).lower() not in ("false", "0", "0.0", "")}
-    if args:  # (kohya_ss writes LyCORIS's switches off as well: nothing is lost with those)
-        notes.append(f"network_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
-    return values
-
-
-def _dropouts(args: dict[str, Any], keys: tuple[str, ...], problem) -> dict[str, float]:
-    """kohya's rank_dropout and module_dropout network_args, where set and the network has them."""
-    rates = {key: as_number(args.pop(key), f"network_args {key}", problem) for key in keys if key in args}
-    return {key: rate for key, rate in rates.items() if rate}
-
-
-def _block_args(args: dict[str, Any], conv_alpha: Any, notes: list[str], problem) -> dict[str, str]:
-    """kohya's per-block network_args (block_dims, down_lr_weight and the rest) as lowvram's options. Without
-    conv_dim, kohya's conv_block_dims take an alpha of 1 (lowvram's default would be network_alpha)."""
-    given = {ours: str(args.pop(kohya)) for ours, kohya in BLOCK_OPTIONS.items() if kohya in args}
-    for ours in ("down_lr_weight", "up_lr_weight"):  # kohya reads a value without a comma as a curve's name
-        text = given.get(ours, "")
-        if re.fullmatch(r"\s*[\d.]+\s*", text):
-            del given[ours]
-            notes.append(f"network_args {ours}={text}: kohya reads a single value as a weight curve's name, finds "
-                         f"none, and trains those blocks at 1, as here; for one weight in every block give a list")
-    for ours, text in given.items():
-        kohya = BLOCK_OPTIONS[ours]
-        try:
-            check_value(kohya, text, ours.endswith("ranks"))
-        except LowvramError as exc:
-            problem(f"network_args {kohya}", str(exc).removeprefix(f"{kohya}: "))
-    if "conv_block_ranks" in given:
-        given.setdefault("conv_block_alphas", f"{float(conv_alpha or 1.0):g}")
-    return given
-
-
 KOHYA_SAMPLE_STEPS, KOHYA_SAMPLE_SCALE = 30, 7.5  # sd-scripts' samples where a prompt gives no --s or --l
-KOHYA_LEARNING_RATE = 2e-6  # sd-scripts' --learning_rate default, the rate of whatever no other rate names
 KOHYA_BUCKET_SIDES = (256, 1024)  # sd-scripts' --min_bucket_reso and --max_bucket_reso defaults
 
 
@@ -594,167 +428,6 @@ def _sides(resolution: Any) -> tuple[int, int] | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return (min(sides), max(sides)) if sides else None
-
-
-def _without_schedule(values: dict[str, Any], optimizer: str, scheduler_type: Any, notes: list[str]) -> None:
-    """kohya trains a schedule-free optimizer with a schedule that does nothing: its lr_scheduler (or
-    lr_scheduler_type) and lr_warmup_steps go unused, and its warm-up is optimizer_args' warmup_steps."""
-    unused = [key for key, given in (("lr_scheduler", values.get("scheduler", "constant") != "constant"),
-                                     ("lr_scheduler_type", scheduler_type),
-                                     ("lr_warmup_steps", values.get("warmup_steps"))) if given]
-    if unused:
-        notes.append(f"{', '.join(unused)} not used: kohya trains {optimizer} without a schedule (its warm-up is "
-                     "optimizer_args' warmup_steps)")
-    values["scheduler"] = "constant"
-    for key in ("warmup_steps", "min_lr_ratio", "scheduler_cycles", "decay_steps"):
-        values.pop(key, None)
-
-
-def _without_rates(values: dict[str, Any], flat: dict[str, Any], notes: list[str]) -> None:
-    """kohya's Adafactor with relative_step=True sets its own step sizes, as transformers builds it: the learning
-    rates, their schedule and warm-up go unused (kohya logs learning_rate as its first rate, no more)."""
-    unused = [key for key in ("learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_scheduler_type",
-                              "lr_warmup_steps") if not _off(flat.get(key)) and flat.get(key) != "adafactor"]
-    unused += ["network_args' loraplus ratios"] if values.get("loraplus_ratio") or values.get(
-        "loraplus_text_encoder_ratio") else []
-    if unused:
-        notes.append(f"{', '.join(unused)} not used: Adafactor with relative_step=True sets its own step sizes, as "
-                     "in kohya")
-    for key in RATE_OPTIONS:
-        values.pop(key, None)
-    values["scheduler"] = "constant"
-
-
-def _schedule_settings(flat: dict[str, Any], problem) -> None:
-    """What kohya gives lr_scheduler's schedule beyond lowvram's settings: lr_scheduler_args, num_cycles where
-    transformers' schedules take them (their half: other than 1 they rise again), and inverse_sqrt's timescale."""
-    name = flat.get("lr_scheduler") or "constant"
-    extra = flat.get("lr_scheduler_args")
-    if extra:
-        problem("lr_scheduler_args", f"{', '.join(map(str, extra if isinstance(extra, list) else [extra]))}: kohya "
-                f"passes these to the {name} schedule, which lowvram builds from its own settings only (warm-up, "
-                "cycles, power, lr_scheduler_min_lr_ratio, lr_decay_steps); leave them out")
-    cycles = flat.get("lr_scheduler_num_cycles")
-    if name in ("cosine_with_min_lr", "warmup_stable_decay") and cycles not in (None, "", 1, 1.0, "1"):
-        problem("lr_scheduler_num_cycles", f"{cycles} makes kohya's {name} decay {cycles} half-cosines, rising "
-                "again between them; lowvram's decays once: leave it at 1, or use cosine_with_restarts")
-    timescale = flat.get("lr_scheduler_timescale")
-    if name == "inverse_sqrt" and timescale not in (None, "", 0):
-        warmup = flat.get("lr_warmup_steps") or 0
-        try:
-            scale = float(timescale)
-        except (TypeError, ValueError):
-            problem("lr_scheduler_timescale", f"{timescale!r} is not a number")
-            return
-        if not (isinstance(warmup, (int, float)) and warmup >= 1 and scale == float(warmup)):
-            problem("lr_scheduler_timescale", f"{timescale}: lowvram's inverse_sqrt decays on the warm-up's time "
-                    "scale (kohya's without one); leave it out, or set lr_warmup_steps to it")
-
-
-def _scheduler_class(name: str, args: list, values: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
-    """kohya's lr_scheduler_type, a torch schedule class built from lr_scheduler_args in place of lr_scheduler
-    (and without its warm-up): CosineAnnealingLR over the whole run (T_max its steps) is lowvram's cosine with
-    eta_min as its floor; anything else is refused."""
-    refusal = f"{name}: lowvram's schedules are lr_scheduler's ({', '.join(SCHEDULERS)}); use one of them"
-    if name.rsplit(".", 1)[-1] != "CosineAnnealingLR":
-        problem("lr_scheduler_type", refusal)
-        return {}
-    given = dict(str(arg).split("=", 1) for arg in args if "=" in str(arg))
-    t_max = as_number(given.get("T_max", 0), "lr_scheduler_args T_max", problem, int)
-    eta_min = as_number(given.get("eta_min", 0), "lr_scheduler_args eta_min", problem)
-    steps = values.get("max_steps") if "epochs" not in values else None
-    if t_max != steps:  # torch's cosine turns back up after T_max steps, or stops short of the end
-        run = f"a run of {steps} steps" if steps else "a run of max_train_epochs"
-        problem("lr_scheduler_type", f"CosineAnnealingLR with T_max={t_max} over {run} is not one cosine over the "
-                "run, the one lowvram trains; set T_max to max_train_steps, or use lr_scheduler = \"cosine\"")
-        return {}
-    if eta_min and any(key in values for key in ("text_encoder_lr", "text_encoder_2_lr")):
-        problem("lr_scheduler_args", "eta_min is one floor for every learning rate, lowvram's floor a share of each; "
-                "drop eta_min, or give the text encoder the U-Net's learning rate")
-        return {}
-    translated: dict[str, Any] = {"scheduler": "cosine"}
-    if values.get("warmup_steps"):
-        translated["warmup_steps"] = 0
-        notes.append("lr_warmup_steps not used: kohya builds lr_scheduler_type's schedule without a warm-up")
-    if eta_min:
-        translated["min_lr_ratio"] = eta_min / values["lr"]
-    return translated
-
-
-def _learning_rates(left: dict[str, Any], train_text_encoder: bool, problem) -> dict[str, Any]:
-    """unet_lr, else learning_rate, for the U-Net; text_encoder_lr, else learning_rate, for the text encoder, which
-    a text_encoder_lr of 0 leaves untrained; SDXL's pair of text-encoder rates, one per encoder. learning_rate is
-    kohya's default where the config gives none."""
-    rates = {key: left.pop(key, None) for key in ("learning_rate", "unet_lr", "text_encoder_lr")}
-    given = rates["text_encoder_lr"]
-    pair = given if isinstance(given, list) else [] if given is None else [given]
-    rates["text_encoder_lr"] = pair[0] if pair else None
-    rates = {key: None if value is None else as_number(value, key, problem) for key, value in rates.items()}
-    second = as_number(pair[1], "text_encoder_lr", problem) if len(pair) > 1 else None
-    default = rates["learning_rate"] if rates["learning_rate"] is not None else KOHYA_LEARNING_RATE
-    lr = rates["unet_lr"] or default
-    text_lr = rates["text_encoder_lr"] if rates["text_encoder_lr"] is not None else default
-    values: dict[str, Any] = {"lr": lr}
-    if train_text_encoder and text_lr == 0 and not second:
-        values["train_text_encoder"] = False
-    elif train_text_encoder:
-        if text_lr != lr or second is not None:
-            values["text_encoder_lr"] = text_lr
-        if second is not None and second != text_lr:
-            values["text_encoder_2_lr"] = second
-    return values
-
-
-def _optimizer(left: dict[str, Any], notes: list[str], problem) -> dict[str, Any]:
-    """optimizer_type by kohya's name (a class path's last part), weight_decay and the optimizer's own settings
-    from optimizer_args."""
-    values: dict[str, Any] = {}
-    kind = left.pop("optimizer_type", None)
-    added: tuple[str, ...] = ()
-    if kind:
-        key = re.sub(r"[^a-z0-9]", "", str(kind).rsplit(".", 1)[-1].lower())
-        if key in KOHYA_OPTIMIZERS:
-            values["optimizer"] = KOHYA_OPTIMIZERS[key]
-        elif key in KOHYA_CLASSES:
-            values["optimizer"], added = KOHYA_CLASSES[key]
-        elif "." not in str(kind) and str(kind) not in TORCH_OPTIMIZERS and (
-                close := difflib.get_close_matches(key, [*KOHYA_OPTIMIZERS, *KOHYA_CLASSES], n=1, cutoff=0.8)):
-            problem("optimizer_type", f"'{kind}' is no optimizer of kohya's; did you mean {close[0]}? (another "
-                    "package's class is given by its path, e.g. torch.optim.RAdam)")
-        elif key:  # another class, as kohya builds it: a bare name is torch.optim's
-            values["optimizer"] = str(kind) if "." in str(kind) else f"torch.optim.{kind}"
-        else:
-            choices = ", ".join(sorted(set(KOHYA_OPTIMIZERS.values())))
-            problem("optimizer_type", f"'{kind}' names no optimizer; use one of {choices}, or a class")
-    args = _pairs(left.pop("optimizer_args", []))
-    args |= {k: v for k, v in (item.split("=", 1) for item in added) if k not in args}
-    if "weight_decay" in args:
-        values["weight_decay"] = as_number(args.pop("weight_decay"), "optimizer_args weight_decay", problem)
-    name = values.get("optimizer", "adamw")
-    if name == "adafactor":  # kohya's defaults where optimizer_args leaves them out (relative_step its own, the
-        # others transformers'), and warmup_init turns relative_step on as kohya does; lowvram's own are all False
-        given = {key: str(args.pop(key, default)) for key, default in (("relative_step", True),
-                                                                        ("scale_parameter", True),
-                                                                        ("warmup_init", False))}
-        if given["warmup_init"].lower() != "false":
-            given["relative_step"] = "True"
-        args |= {key: value for key, value in given.items() if value.lower() != "false"}
-    if spec_of(name).schedule_free and "warmup_steps" in args:  # its warm-up: lowvram's --warmup-steps gives it
-        values["warmup_steps"] = as_number(args.pop("warmup_steps"), "optimizer_args warmup_steps", problem, int)
-    carried = []
-    for key, value in list(args.items()):
-        try:
-            optimizer_kwargs(name, [f"{key}={value}"])
-        except ValueError as exc:
-            if key in dict(spec_of(name).args):
-                problem(f"optimizer_args {key}", f"{value!r} " + str(exc).removeprefix(f"{key}={value}: "))
-            continue
-        carried.append(f"{key}={args.pop(key)}")
-    if carried:
-        values["optimizer_args"] = carried
-    if args:
-        notes.append(f"optimizer_args not carried over: {', '.join(f'{k}={v}' for k, v in args.items())}")
-    return values | library_defaults(values)
 
 
 def _length_and_saves(left: dict[str, Any], notes: list[str], problem, path: Path) -> dict[str, Any]:

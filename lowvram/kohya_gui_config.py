@@ -16,7 +16,8 @@ from typing import Any
 
 from lowvram.errors import LowvramError, shell_line
 from lowvram.files import expand_home, local_path
-from lowvram.kohya_config import as_number, number_or_text, switched_on, translate
+from lowvram.kohya_config import translate
+from lowvram.kohya_values import as_number, number_or_text, switched_on
 from lowvram.optim import spec_of
 from lowvram.prompts import prompted
 from lowvram.samplers import sampler_name

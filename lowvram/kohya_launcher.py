@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lowvram.errors import LowvramError
-from lowvram.kohya_config import KOHYA_KEYS, number_or_text
+from lowvram.kohya_config import KOHYA_KEYS
+from lowvram.kohya_values import number_or_text
 
 LAUNCHER_SUFFIXES = (".bat", ".cmd", ".ps1", ".sh")
 LORA_SCRIPTS = ("sdxl_train_network.py", "train_network.py")

@@ -25,8 +25,8 @@ from typing import Any
 from lowvram.config import fields_by_name
 from lowvram.errors import LowvramError, quoted
 from lowvram.files import decode_hint, expand_home, local_path, not_found_hint, text_of
-from lowvram.kohya_config import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
-from lowvram.kohya_config import as_number
+from lowvram.kohya_network import LYCORIS_PRESETS as LAYER_PRESETS  # OneTrainer names its presets as LyCORIS
+from lowvram.kohya_values import as_number
 from lowvram.onetrainer_optimizers import misspelt, optimizer_values
 from lowvram.optim import RATE_OPTIONS, sets_own_step_sizes
 from lowvram.option_values import area_side

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from lowvram.kohya_config import as_number
+from lowvram.kohya_values import as_number
 from lowvram.optim import OPTIMIZERS as OPTIMIZER_SPECS
 from lowvram.optim import library_defaults, optimizer_kwargs, spec_of
 

@@ -18,6 +18,7 @@ LAYERS = [
      "lowvram.optim", "lowvram.checkpointing", "lowvram.console", "lowvram.locks"),
     ("lowvram.config", "lowvram.adapters.blocks", "lowvram.models.families", "lowvram.lora_layout",
      "lowvram.lora_header", "lowvram.lora_metadata",
+     "lowvram.kohya_values", "lowvram.kohya_network", "lowvram.kohya_optimizer",
      "lowvram.kohya_config", "lowvram.kohya_launcher",
      "lowvram.kohya_gui_config", "lowvram.other_trainers",
      "lowvram.onetrainer_optimizers", "lowvram.onetrainer_config",

@@ -47,7 +47,7 @@ from lowvram.adapters.networks import (
 from lowvram.config import NetworkConfig
 from lowvram.errors import LowvramError, not_safetensors
 from lowvram.files import DiskFull, ensure_room, free_bytes, is_disk_full, is_size_limit, with_plain_modes
-from lowvram.kohya_config import LYCORIS_PRESETS
+from lowvram.kohya_network import LYCORIS_PRESETS
 from lowvram.lora_header import (
     base_family,
     demo_family,

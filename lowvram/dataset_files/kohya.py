@@ -27,8 +27,9 @@ from lowvram.config import fields_by_name
 from lowvram.dataset_files.subsets import DatasetFile, Subset, folder_label, image_tree, repeats_of, settle
 from lowvram.errors import LowvramError
 from lowvram.files import expand_home, local_path, not_found_hint, text_of
-from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS, as_number
+from lowvram.kohya_config import NO_BUCKETS, REFUSED_SETTINGS
 from lowvram.kohya_names import KOHYA_FLAGS
+from lowvram.kohya_values import as_number
 from lowvram.option_values import MAX_RESOLUTION, MIN_RESOLUTION
 
 # settings of a whole dataset: subsets share them, and lowvram trains one value per run

@@ -23,7 +23,7 @@ from typing import Any
 from lowvram.dataset_files.subsets import DatasetFile, Subset, image_tree, images_in, settle
 from lowvram.errors import LowvramError
 from lowvram.files import local_path, not_found_hint, text_of
-from lowvram.kohya_config import as_number
+from lowvram.kohya_values import as_number
 from lowvram.onetrainer_optimizers import misspelt
 from lowvram.prompts import is_prompt_list
 
