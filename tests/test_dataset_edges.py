@@ -14,7 +14,8 @@ from PIL import Image
 
 from lowvram.cli import main
 from lowvram.data.buckets import default_buckets
-from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
+from lowvram.data.folders import ScanOptions
+from lowvram.data.scan import NoUsableImages, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 from lowvram.files import atomic_write
 
@@ -561,9 +562,9 @@ def test_the_images_in_folders_passed_over_are_counted_once_and_no_others(tmp_pa
     report = scan_dataset(data, TINY, ScanOptions())
     assert report.passed_over == 2 + 1  # 2019/ and misc/ (elsewhere/ holds 8_cat's images: they train)
     assert report.passed_over_count == "3"
-    from lowvram.data import scan as scanning
+    from lowvram.data import folders
 
-    monkeypatch.setattr(scanning, "COUNTED_UP_TO", 2)  # (a Drive given whole: its first files, all told, looked at)
+    monkeypatch.setattr(folders, "COUNTED_UP_TO", 2)  # (a Drive given whole: its first files, all told, looked at)
     report = scan_dataset(data, TINY, ScanOptions())
     assert report.passed_over_more and report.passed_over_count == f"at least {report.passed_over}"
     assert any(note.startswith("skipped folder misc/: not named") for note in report.folder_notes)  # (not counted)

@@ -137,7 +137,8 @@ def test_a_large_jpeg_is_decoded_large_enough_for_each_resolution(tmp_path):
     from PIL import Image
 
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import ScanOptions, open_training_image, scan_dataset
+    from lowvram.data.folders import ScanOptions
+    from lowvram.data.scan import open_training_image, scan_dataset
 
     folder = tmp_path / "1_x"
     folder.mkdir()

@@ -16,8 +16,9 @@ from PIL import Image
 from rich.console import Console
 
 from lowvram.data.buckets import default_buckets
+from lowvram.data.folders import ScanOptions
 from lowvram.data.image_files import HEIC_CONVERTERS, SUPPORTED
-from lowvram.data.scan import NoUsableImages, ScanOptions, open_training_image, scan_dataset
+from lowvram.data.scan import NoUsableImages, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 
 TINY = default_buckets(64, 16)
@@ -272,7 +273,9 @@ def test_a_kohya_ss_project_folder_given_as_data_names_its_img_and_reg_folders(t
             "kohya's convention needs; rename it 10_zoe to train it") in report.folder_notes, report.folder_notes
     assert {(r.relpath, r.repeats, r.caption) for r in report.records if "zoe" in r.relpath} == {
         ("3 _zoe/z.png", 3, "zoe")}
-    from lowvram.data.scan import n_name_for  # (numbered folders and dates are no repeats typed: 01 - beach, 1_beach)
+    from lowvram.data.folders import (
+        n_name_for,  # (numbered folders and dates are no repeats typed: 01 - beach, 1_beach)
+    )
     assert [n_name_for(project / "img", name, 5) for name in ("5-zoe beach", "01 - beach", "12.05.2024 shoot")] == [
         "'5_zoe beach'", "'5_01 - beach'", "'5_12.05.2024 shoot'"]
     for folder in ("extras 2", "reg", "10 zoe", "3 _zoe"):

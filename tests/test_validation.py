@@ -18,7 +18,8 @@ from lowvram.train.validation import EarlyStopping, fixed_timesteps, validation_
 
 def test_the_held_out_split_is_fixed_by_the_seed_and_disjoint(sample_data):
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import ScanOptions, scan_dataset
+    from lowvram.data.folders import ScanOptions
+    from lowvram.data.scan import scan_dataset
 
     records = scan_dataset(sample_data, default_buckets(64, 16), ScanOptions()).usable
     train_a, held_a = hold_out(records, 0.34, seed=1)
@@ -37,7 +38,8 @@ def test_the_copies_of_a_held_out_image_are_held_out_with_it(sample_data, tmp_pa
     import shutil
 
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import ScanOptions, scan_dataset
+    from lowvram.data.folders import ScanOptions
+    from lowvram.data.scan import scan_dataset
 
     data = tmp_path / "copied"
     shutil.copytree(sample_data / "5_lvshape", data / "5_lvshape")

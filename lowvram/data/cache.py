@@ -30,8 +30,9 @@ from lowvram.console import counted_progress
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
 from lowvram.data.cache_size import ENTRY_HEADER, holds_mask, latent_entry_bytes, text_entry_bytes
+from lowvram.data.folders import ScanOptions
 from lowvram.data.image_files import HIGH_BIT_MODES
-from lowvram.data.scan import ScanOptions, open_training_image
+from lowvram.data.scan import open_training_image
 from lowvram.data.scan_report import ImageRecord
 from lowvram.errors import LowvramError
 from lowvram.files import (

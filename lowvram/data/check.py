@@ -21,8 +21,9 @@ from lowvram.data.augment import AugmentOptions, CaptionOptions, auto_variant_co
 from lowvram.data.buckets import make_buckets
 from lowvram.data.captions import WILDCARD, has_word
 from lowvram.data.epochs import counted_epochs, idle_regularization, regularization_balance
+from lowvram.data.folders import ImageFolder, ScanOptions, images_below
 from lowvram.data.sample import SAMPLE_TRIGGER, write_sample_dataset
-from lowvram.data.scan import ImageFolder, NoUsableImages, ScanOptions, images_below, scan_dataset, scan_folders
+from lowvram.data.scan import NoUsableImages, scan_dataset, scan_folders
 from lowvram.data.scan_report import ScanReport
 from lowvram.dataset_files import has_regularization_subsets, is_dataset_file, read_dataset
 from lowvram.dataset_files.subsets import REPEAT_FOLDER, repeats_of

@@ -128,7 +128,7 @@ def metadata_caption(root: Path, relpath: str, column: str | None = None, data: 
     """Where the metadata whose caption training reads for the image is (Hugging Face's imagefolder file above it;
     a kohya dataset file's fine-tuning subset, `data`), and that caption (from `column`, --caption-column's); None
     where training reads a caption file."""
-    from lowvram.data.scan import repeat_folders
+    from lowvram.data.folders import repeat_folders
 
     image = _image(root, relpath)
     if data and is_dataset_file(data):  # (its scan reads the subset's metadata_file, not a caption file beside it)
