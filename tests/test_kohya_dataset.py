@@ -140,6 +140,16 @@ def test_a_setting_some_subsets_leave_out_is_the_kohya_configs_for_them(tmp_path
     write(tmp_path / "dataset.toml", {"general": {"keep_tokens": 1}, "datasets": [{"resolution": 64, "subsets": [
         {"image_dir": "imgs/alpha"}, {"image_dir": "imgs/beta", "shuffle_caption": False}]}]})
     assert not any(note.startswith("keep_tokens") for note in read_dataset(tmp_path / "dataset.toml").notes)
+    # a subset that shuffles nothing keeps [general]'s kept tags, for a --tag-dropout from the command line (kohya
+    # fills the subset from it): they were 0 there, and its first tag, the trigger, was dropped too
+    write(tmp_path / "dataset.toml", {"general": {"keep_tokens": 1, "shuffle_caption": True}, "datasets": [{
+        "resolution": 64, "subsets": [{"image_dir": "imgs/alpha"},
+                                      {"image_dir": "imgs/beta", "shuffle_caption": False}]}]})
+    assert [s.settings for s in read_dataset(tmp_path / "dataset.toml").subsets] == [None, {"shuffle_tags": False}]
+    config = build_config(read_toml(write(tmp_path / "kohya.toml", {"pretrained_model_name_or_path": "tiny",
+                                                                   "dataset_config": "dataset.toml",
+                                                                   "caption_tag_dropout_rate": 0.3})))
+    assert (config.data.keep_tokens, config.data.tag_dropout) == (1, 0.3)
 
 
 def test_a_flag_replaces_the_dataset_files_setting_and_says_so(tmp_path, monkeypatch, capsys):

@@ -396,8 +396,6 @@ def _as_options(settled: dict[str, Any]) -> dict[str, Any]:
               for key, value in settled.items()}
     if "caption_dropout_every" in values and not values["caption_dropout_every"]:
         values["caption_dropout_every"] = None  # kohya's 0 is off; lowvram's is no value
-    if values.get("keep_tokens") and values.get("shuffle_tags") is False and not values.get("tag_dropout"):
-        values["keep_tokens"] = 0  # its tags stay put (unsaid, the config's shuffle_caption may move them)
     if "wildcards" in values:  # kohya's wildcards read a caption file's lines as choices too
         values["caption_lines"] = "each" if values["wildcards"] else "first"
     return values
