@@ -166,6 +166,27 @@ def test_prompt_sources_subfolders_and_samples_balancing(tmp_path, monkeypatch):
         [images / "beta"] * 3, [images / "beta" / "more" / "deep"] * 2]
 
 
+def test_samples_balancing_spreads_over_the_images_that_train(tmp_path, monkeypatch):
+    """SAMPLES 8 over a concept of 4 images that train and 5 files skipped (too small, not an image) shows each of
+    the 4 twice: the count was of every file, so it trained 4 samples an epoch, half what was asked, unsaid."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for n in range(4):
+        Image.new("RGB", (64, 64), (40 * n, 100, 1)).save(folder / f"good{n}.png")
+    for n in range(4):
+        Image.new("RGB", (16, 16), (40 * n, 1, 100)).save(folder / f"tiny{n}.png")
+    (folder / "broken.png").write_text("not an image")
+    data = write(tmp_path / "concepts.json", [concept("c", balancing=8, balancing_strategy="SAMPLES")])
+    config = run_config(data=str(data), cache_dir=str(tmp_path / "cache"), resolution=64)
+    run = dataclasses.replace(resolve_run(config, NO_GPU), cache_dir=tmp_path / "cache")
+    report = scan(run, data, None, None)
+    assert len(report.usable) == 4
+    assert [record.repeats for record in report.usable] == [2] * 4
+    assert report.summary()["samples_per_epoch"] == 8
+    assert [folder["repeats"] for folder in report.summary()["folders"].values()] == [2]  # (its table's row)
+
+
 def test_a_fractional_balancing_trains_a_seeded_share_of_the_concept_each_epoch(tmp_path, monkeypatch):
     """OneTrainer's 0.25 shows a quarter of a concept's images per epoch: here the same count every epoch, a
     different quarter each time, the same quarters in every run of the seed; the whole repeats stay whole."""

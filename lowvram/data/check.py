@@ -128,7 +128,7 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
                                    else None, s.batch_size, settings,
                                    scan_options(folder_config(run.config, settings), trigger, regularization)
                                    if settings else None,
-                                   s.dataset, label_captions=s.label_captions))
+                                   s.dataset, label_captions=s.label_captions, samples=s.samples))
     kind = "is_reg subsets" if regularization else "image folders"
     others = tuple(s.folder for s in dataset.folders(not regularization))
     return scan_folders(dataset.root, folders, buckets, options, index_path=index, console=console,

@@ -86,6 +86,9 @@ class ImageFolder(NamedTuple):
     # whether an image without a caption file takes `label` as its caption through the template (a OneTrainer
     # concept's display name does not: OneTrainer trains such an image without a caption)
     label_captions: bool = True
+    # a OneTrainer concept balanced by SAMPLES: (its number, the images it shows per epoch), spread over the images
+    # of its folders that train once the scan knows them (`repeats` until then: over every file)
+    samples: tuple[int, float] | None = None
 
 
 # folders beside the N_name ones that are no concept to train: class images, held-out ones

@@ -150,6 +150,7 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets,
     new_index = {k: v for k, v in old_index.items() if not Path(k).is_relative_to(root)}  # other datasets' entries
     records: list[ImageRecord] = []
     first_of: dict[str, ImageRecord] = {}  # sha256 -> the first usable copy
+    sampled: dict[tuple[int, float], list[int]] = {}  # a SAMPLES concept -> its records
     shown = console is not None and len(files) >= PROGRESS_FROM
     with (counted_progress(console, f"scanning {root.name}", transient=True) if shown
           else Progress(disable=True)) as progress, _index_kept_if_stopped(index_path, old_index, new_index):
@@ -172,8 +173,14 @@ def scan_folders(root: Path, folders: list[ImageFolder], buckets: Buckets,
                 record = replace(record, notes=record.notes + (duplicate,))
             elif record.usable:
                 first_of[record.sha256] = record
+            if folder.samples:
+                sampled.setdefault(folder.samples, []).append(len(records))
             records.append(record)
             progress.advance(task)
+    for (_, per_epoch), indices in sampled.items():  # (a skipped file shows no sample: the others show more)
+        shown = sum(records[index].usable for index in indices)
+        for index in indices if shown else ():
+            records[index] = replace(records[index], repeats=per_epoch / shown)
     if index_path is not None:
         try:
             write_text(Path(index_path), json.dumps({"version": INDEX_VERSION, "files": new_index}))

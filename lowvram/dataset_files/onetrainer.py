@@ -203,7 +203,8 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
     for number, (concept, folders, where) in enumerate(concepts):
         balancing = as_number(concept.get("balancing", concept.get("repeats", 1.0)), f"{where} balancing", problem)
         strategy = str(concept.get("balancing_strategy") or "REPEATS").upper()
-        if strategy == "SAMPLES":  # images shown per epoch, whatever the concept holds
+        samples = (number, balancing) if strategy == "SAMPLES" else None
+        if samples:  # images shown per epoch, whatever the concept holds
             count = len(images_in(folders))
             balancing = balancing / count if count else 1.0
         elif strategy != "REPEATS":
@@ -221,7 +222,7 @@ def _subsets(concepts: list[tuple[dict, list[Path], str]], path: Path, notes: li
         own = owns[number] if owns else None
         # (its name is a label, no caption: an image without a caption file trains without one, as in OneTrainer)
         subsets += [Subset(folder, balancing, label, regularization, loss_weight=weight, resolution=resolution,
-                           label_captions=False,
+                           label_captions=False, samples=samples,
                            settings=own or None, captions=None if captions is None else {  # (each folder its own)
                                key: caption for key, caption in captions.items() if Path(key).parent == folder})
                      for folder in folders]

@@ -100,6 +100,7 @@ class Subset:
     settings: dict[str, Any] | None = None
     dataset: int | None = None  # its [[datasets]] entry in a kohya file of several: reg images balance within it
     label_captions: bool = True  # whether `label` captions an image without a caption file (see ImageFolder's)
+    samples: tuple[int, float] | None = None  # see ImageFolder's
 
 
 @dataclass(frozen=True)
