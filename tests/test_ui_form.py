@@ -147,6 +147,110 @@ def test_stop_sends_what_ctrl_c_sends_and_an_interrupted_run_reads_as_stopped(tm
     assert training.state() == "stopped (a checkpoint was saved: Resume continues it)"
 
 
+def test_stop_pressed_twice_at_once_is_one_click_and_later_ends_the_run_at_once(tmp_path):
+    """On a slow card Stop seems unheard until the step ends: a second click sent a second Ctrl-C, which ends the run
+    without saving (its steps lost, and the state said "before its first step"). Within seconds it is the same click;
+    later it is the CLI's second Ctrl-C, said as such."""
+    import subprocess
+    import sys
+
+    from lowvram.ui import runs
+    from lowvram.ui.runs import TrainingProcess
+
+    got = tmp_path / "signals"
+    script = ("import signal, sys, time, pathlib\n"
+              f"p = pathlib.Path({str(got)!r})\n"
+              "def stop(number, frame):\n"
+              "    p.write_text(p.read_text() + 'x' if p.exists() else 'x')\n"
+              "    if len(p.read_text()) == 2: sys.exit(130)\n"
+              "signal.signal(signal.SIGINT, stop); print('ready', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        training = TrainingProcess(process=child, output=tmp_path, started=time.time() - 1)
+        assert training.stop().startswith("Stop pressed: ")
+        assert training.stop().startswith("Stop was pressed 0 s ago: the run saves a checkpoint")
+        time.sleep(1.0)
+        assert got.read_text() == "x"  # one signal: the run goes on saving
+        training.stopped_at -= runs.DOUBLE_CLICK_S  # pressed again a while later: at once, as the log's hint says
+        assert training.stop().startswith("Stop pressed again: the run ends at once")
+        assert child.wait(timeout=30) == 130
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert training.state() == ("ended at once by a second Stop, its steps since the last checkpoint not kept (Start "
+                                "begins it again)")
+
+
+def test_stop_reaches_the_run_an_earlier_ui_left_going_in_the_forms_folder(tmp_path):
+    """A UI closed while its run went on (its terminal said so, then closed): the UI started anew showed nothing of
+    the run, its Stop said "no run is going", and only `kill -INT` stopped it. A run not started by a UI (another
+    terminal's) is named, not stopped."""
+    import subprocess
+    import sys
+
+    from lowvram.ui.runs import in_page_words, stop_left_run
+
+    got, ui_dir = tmp_path / "signal", tmp_path / "ui"
+    holding = ("import signal, sys, time, pathlib\nfrom lowvram.train.folder_lock import FolderLock\n"
+               "FolderLock(pathlib.Path(sys.argv[1])).acquire()\n"
+               "def stop(number, frame):\n"
+               f"    pathlib.Path({str(got)!r}).write_text(signal.Signals(number).name); sys.exit(130)\n"
+               "signal.signal(signal.SIGINT, stop); print('ready', flush=True); time.sleep(60)")
+    for config in (tmp_path / "elsewhere.toml", ui_dir / "ui-run-7860.toml"):
+        child = subprocess.Popen([sys.executable, "-c", holding, str(tmp_path / "out"), str(config)],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            said = stop_left_run(tmp_path / "out", ui_dir)
+            if config.parent != ui_dir:  # another terminal's run: named, left alone
+                assert said.endswith("not one a UI started here: stop it where it runs (Ctrl-C in its terminal)")
+                time.sleep(0.5)
+                assert child.poll() is None and not got.exists()
+                continue
+            assert said.startswith(f"Stop pressed for the run an earlier UI started in {tmp_path / 'out'} (pid ")
+            assert child.wait(timeout=30) == 130 and got.read_text() == "SIGINT"
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+    assert stop_left_run(tmp_path / "out", ui_dir) == "no run is going"
+    assert in_page_words("in use by another lowvram run (pid 9); wait for it to end, or choose another --output") == (
+        "in use by another lowvram run (pid 9); wait for it to end (Stop stops one an earlier UI left going), or "
+        "choose another --output")
+
+
+def test_start_and_resume_pressed_together_in_two_pages_start_one_run(tmp_path, sample_data):
+    """Two pages' Start and Resume at once both passed the "a run is going" check: both said started, wrote one
+    config (the first run trained the second's), and one log replaced the other's."""
+    import threading
+
+    from lowvram.ui.runs import TrainingProcess
+
+    training, said, barrier = TrainingProcess(), [], threading.Barrier(2)
+
+    def press(output: str) -> None:
+        toml = toml_text({"model": "tiny", "data": str(sample_data), "output": str(tmp_path / output), "max_steps": 1})
+        barrier.wait()
+        try:
+            said.append(training.start(toml, tmp_path / "ui", tmp_path / output))
+        except LowvramError as exc:
+            said.append(str(exc))
+
+    pages = [threading.Thread(target=press, args=(output,)) for output in ("a", "b")]
+    try:
+        for page in pages:
+            page.start()
+        for page in pages:
+            page.join(timeout=120)
+        assert sorted(line.split(":")[0] for line in said) == ["a run is already going", "started"], said
+    finally:
+        if training.process is not None:
+            training.process.kill()
+            training.process.wait()
+
+
 def test_a_run_refused_as_its_folder_is_held_reads_as_refused_not_failed(tmp_path):
     """A run the UI started whose folder another run took first (two runs racing, the UI's check at Start passed)
     exits 75, nothing of it changed: said as refused, not failed. (This one is refused at train's first look at

@@ -121,6 +121,14 @@ class FolderLock:
                     f"; a lock another machine leaves is taken over {LOCK_STALE_S // 60} minutes after it stops"
                     if holder.get("refreshed") else "") + ")" if where else ""))
 
+    def held_here(self) -> int | None:
+        """The pid of the live process of this machine that holds the folder (None: free, stale, or another
+        machine's)."""
+        holder = self._holder() if self.path.is_file() else None
+        if holder is None or holder.get("host") != socket.gethostname() or not _alive(holder, self.path):
+            return None
+        return int(holder.get("pid", -1))
+
     def _holder(self) -> dict | None:
         try:
             return json.loads(self.path.read_text())

@@ -52,6 +52,7 @@ from lowvram.ui.runs import (
     outputs_of,
     progress_line,
     read_metrics,
+    stop_left_run,
     with_recorded_strategy,
 )
 from lowvram.ui.runs import render as render_image
@@ -353,7 +354,13 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
         # a click's message has a line of its own: the state line is the timer's alone, so the two never race
         start_button.click(lambda *a: start(False, *a), [auto, card, budget, *inputs], run_message)
         resume_button.click(lambda *a: start(True, *a), [auto, card, budget, *inputs], run_message)
-        stop_button.click(lambda: training.stop(), None, run_message)
+        def stop(*form):
+            if training.running:
+                return training.stop()
+            output = expand_home(option_values(fields, form).get("output", "output")).resolve()
+            return stop_left_run(output, ui_dir)
+
+        stop_button.click(stop, inputs, run_message)
 
         def refresh(chosen_lora, seen: dict[str, Any]):
             if training.process is None:

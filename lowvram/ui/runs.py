@@ -12,8 +12,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from lowvram.run_files import CHECKPOINTS, METRICS, SAMPLES
 
 LOG_LINES = 12
 ETA_WINDOW = 20  # steps the time per step is averaged over
-DOUBLE_CLICK_S = 10  # a second Start this soon after the first is the same click again
+DOUBLE_CLICK_S = 10  # a second Start (or Stop) this soon after the first is the same click again
 # what Ctrl-C sends; Windows delivers only Ctrl-Break to another process group (the run takes it as SIGBREAK)
 STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGINT)
 # a child's output goes to a file or a pipe, which Windows' Python writes in the ANSI code page: a path or a prompt
@@ -33,7 +34,10 @@ CHILD_ENV = {"PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"}
 PAGE_WORDS = {"with --resume auto": "with the Train tab's Resume", "start over with --overwrite": "start over with "
               "--overwrite ticked (then Start)", "press Ctrl-C again": "press Stop again",
               # (a number box holding letters sends nothing: a field typed in was said to be '')
-              "'' is invalid: expected a": "empty, or not a number (letters typed?): expected a"}
+              "'' is invalid: expected a": "empty, or not a number (letters typed?): expected a",
+              # (a run an earlier UI left going: this page's Stop reaches it)
+              "wait for it to end, or choose another --output": "wait for it to end (Stop stops one an earlier UI "
+              "left going), or choose another --output"}
 # a path as shell_line writes it: quoted where it must be (Windows' list2cmdline: in double quotes alone)
 QUOTED_WORD = r"((?:\"[^\"]*\"|[^\s\"])+)" if os.name == "nt" else r"((?:'[^']*'|\"[^\"]*\"|[^\s'\"])+)"
 CONTINUE_LINE = re.compile(rf"lowvram train --config {QUOTED_WORD} --resume auto")
@@ -77,6 +81,10 @@ class TrainingProcess:
     started: float = 0.0  # time.time() as the run started
     toml: str = ""  # the config it started with: a second Start of another is no double click
     checkpoints_before: frozenset = frozenset()  # the whole checkpoints its folder held then (a stop's is new)
+    stopped_at: float = 0.0  # time.time() as Stop was pressed
+    at_once: bool = False  # Stop pressed again: the run ends without saving
+    # one Start (or Resume) at a time: two pages' clicks together both passed the check, and wrote one config
+    starting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -86,6 +94,11 @@ class TrainingProcess:
               auto_vram: str | None = None, overwrite: bool = False) -> str:
         """`lowvram train --config` of `toml` in a process of its own; `resume` (auto or a checkpoint folder) and
         `overwrite` are the run's circumstances, never written into a config."""
+        with self.starting:
+            return self._start(toml, config_dir, output, resume, auto_vram, overwrite)
+
+    def _start(self, toml: str, config_dir: Path, output: Path, resume: str | None, auto_vram: str | None,
+               overwrite: bool) -> str:
         if self.running:
             if self.stopping:  # (Stop, a field corrected, Start: it was taken for the first click, and never started)
                 raise LowvramError("the last run is still stopping (it saves a checkpoint, then exits); press Start "
@@ -100,6 +113,7 @@ class TrainingProcess:
         if problem:  # a run refused at its start never becomes the run the Train tab shows
             raise LowvramError(problem)
         self.config_path, self.output, self.stopping, self.started = config_path, output, False, time.time()
+        self.at_once = False
         self.toml = toml
         self.checkpoints_before = frozenset(self._checkpoints())
         args = ["train", "--config", str(self.config_path)]
@@ -145,8 +159,16 @@ class TrainingProcess:
         """What Ctrl-C does: the run finishes its step, saves a checkpoint and a LoRA, and exits."""
         if not self.running:
             return "no run is going"
+        if self.stopping and time.time() - self.stopped_at < DOUBLE_CLICK_S:
+            # (a slow step makes the first click look unheard: a second signal ended the run, its steps unsaved)
+            return (f"Stop was pressed {time.time() - self.stopped_at:.0f} s ago: the run saves a checkpoint and its "
+                    "LoRA as its step ends, then exits (pressing Stop again later ends it at once, unsaved)")
+        if self.stopping:
+            self.process.send_signal(STOP_SIGNAL)
+            self.at_once = True
+            return "Stop pressed again: the run ends at once, without saving the steps since its last checkpoint"
         self.process.send_signal(STOP_SIGNAL)
-        self.stopping = True
+        self.stopping, self.stopped_at = True, time.time()
         # the click's own line, true once the run has stopped too (the state's "stopping" stayed under "stopped")
         return "Stop pressed: the run finishes its step, saves a checkpoint and its LoRA, then exits"
 
@@ -160,7 +182,8 @@ class TrainingProcess:
             checkpoints = self._checkpoints()  # (by name, not by time: a network disk's clock is the server's)
             saved, earlier = bool(checkpoints - self.checkpoints_before), bool(checkpoints)
             return ("stopped (a checkpoint was saved: Resume continues it)" if saved else
-                    "stopped before its first step, saving nothing ("
+                    ("ended at once by a second Stop, its steps since the last checkpoint not kept (" if self.at_once
+                     else "stopped before its first step, saving nothing (")
                     + ("Resume continues from the last checkpoint)" if earlier else "Start begins it again)"))
         if code == Busy.exit_code:  # (two runs raced for the folder: nothing of it was changed)
             return "refused: another run holds its output folder (see the log); Start it once that run ends"
@@ -182,6 +205,30 @@ class TrainingProcess:
             return ""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(in_page_words(line) for line in lines[-LOG_LINES:])
+
+
+def stop_left_run(output: Path, ui_dir: Path) -> str:
+    """Stop, as Ctrl-C does, the run an earlier UI of this machine (its configs in `ui_dir`) started in `output`
+    and left going as it closed: a UI started anew showed nothing of it, and its Stop said no run was going."""
+    import psutil
+
+    from lowvram.train.folder_lock import FolderLock
+
+    pid = FolderLock(output).held_here()
+    if pid is None:
+        return "no run is going"
+    try:
+        started_by_a_ui = any(Path(word).parent == ui_dir for word in psutil.Process(pid).cmdline())
+    except (psutil.Error, OSError, ValueError):
+        started_by_a_ui = False
+    if not started_by_a_ui or os.name == "nt":  # (Windows: Ctrl-Break reaches no process group but its own console's)
+        return (f"no run of this page is going; {output} is in use by another lowvram run (pid {pid}), not one a UI "
+                "started here: stop it where it runs (Ctrl-C in its terminal)" if not started_by_a_ui else
+                f"the run an earlier UI started in {output} goes on (pid {pid}); end it in the Task Manager (it saves "
+                "no checkpoint: Resume continues from its last one)")
+    os.kill(pid, signal.SIGINT)
+    return (f"Stop pressed for the run an earlier UI started in {output} (pid {pid}), which this page does not show: "
+            "it finishes its step, saves a checkpoint and its LoRA, then exits (Resume then continues it)")
 
 
 def with_recorded_strategy(values: dict[str, Any], output: Path) -> dict[str, Any]:
