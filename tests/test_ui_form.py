@@ -183,6 +183,18 @@ def test_stop_pressed_twice_at_once_is_one_click_and_later_ends_the_run_at_once(
                                 "begins it again)")
 
 
+def test_the_time_left_is_the_runs_own_log_figure_sample_grids_included():
+    """The step times alone leave out sample grids and saves: the page said 104 s left beside the log's 0:05:47,
+    and the run took five minutes more."""
+    from lowvram.ui.runs import progress_line
+
+    records = [{"step": step, "total_steps": 100, "loss": 0.5, "seconds": 2.0} for step in range(1, 57)]
+    log = "step 50/100  loss 0.5012  2.10 s/it  0:04:02 elapsed, 0:06:10 left\nstep 56/100  loss 0.5  0:05:47 left\n"
+    assert progress_line(records, True, log).endswith("about 0:05:47 left")
+    assert progress_line(records, True, "caching latents").endswith("about 88 s left")  # (none logged yet)
+    assert "left" not in progress_line(records, False, log)
+
+
 def test_stop_reaches_the_run_an_earlier_ui_left_going_in_the_forms_folder(tmp_path):
     """A UI closed while its run went on (its terminal said so, then closed): the UI started anew showed nothing of
     the run, its Stop said "no run is going", and only `kill -INT` stopped it. A run not started by a UI (another

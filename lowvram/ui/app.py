@@ -398,9 +398,10 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
                 seen["picked"] = keep
             lora_list = gr.skip() if seen.get("loras") == (loras, keep) else gr.update(choices=loras, value=keep)
             seen["loras"] = (loras, keep)
+            log = training.log_tail()
             return (changed("state", f"**{training.state()}**"),
-                    changed("progress", progress_line(records, training.running)), *plots,
-                    pictures(sample_files), changed("log", training.log_tail()), lora_list, seen)
+                    changed("progress", progress_line(records, training.running, log)), *plots,
+                    pictures(sample_files), changed("log", log), lora_list, seen)
 
         timer.tick(refresh, [lora_choice, shown],
                    [run_state, run_progress, loss_plot, lr_plot, samples, run_log, lora_choice, shown],

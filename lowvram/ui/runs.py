@@ -303,8 +303,12 @@ def earlier_run(output: str | None) -> str:
     return f"{folder} holds a run: {progress_line(records, running=False) or 'no step logged'}; {saved}"
 
 
-def progress_line(records: list[dict], running: bool = True) -> str:
-    """Step, loss, VRAM and, while the run goes, the time left, from the metrics."""
+LOG_TIME_LEFT = re.compile(r"\b(\d+:\d\d:\d\d) left\b")  # the run's own progress line's
+
+
+def progress_line(records: list[dict], running: bool = True, log: str = "") -> str:
+    """Step, loss, VRAM and, while the run goes, the time left: the run's log's (timed by the clock, sample grids
+    and saves included), else from the metrics' step times."""
     if not records:
         return "waiting for the first step" if running else ""
     last = records[-1]
@@ -316,7 +320,9 @@ def progress_line(records: list[dict], running: bool = True) -> str:
     if "vram_peak_gib" in last:
         words.append(f"VRAM peak {last['vram_peak_gib']:.2f} GiB")
     recent = [r["seconds"] for r in records[-ETA_WINDOW:] if "seconds" in r]
-    if total_steps and recent and running:
+    if running and (logged := LOG_TIME_LEFT.findall(log)):  # (the step times alone said a third of it, beside it)
+        words.append(f"about {logged[-1]} left")
+    elif total_steps and recent and running:
         left = (total_steps - last["step"]) * sum(recent) / len(recent)
         words.append(f"about {left:.0f} s left")
     return ", ".join(words)
