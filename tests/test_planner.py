@@ -160,6 +160,19 @@ def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
     assert "--resolution" in done.stdout or "GiB free" in done.stdout
 
 
+def test_a_batch_too_large_suggests_the_largest_batch_that_fits():
+    """SD1.5 768 at batch 8 on 6 GB: batch 1 alone was suggested, where 4 fitted (a kohya user wants the largest,
+    and searched by hand)."""
+    hardware = hardware_for(None, "6GB", "16GB")
+    result = plan(work("sd15", 768, batch=8), hardware)
+    assert result.choice is None
+    line = next(s for s in result.suggestions if s.startswith("--batch-size "))
+    batch = int(line.split()[1])
+    assert batch > 1 and plan(work("sd15", 768, batch=batch), hardware).choice is not None
+    assert plan(work("sd15", 768, batch=batch + 1), hardware).choice is None
+    assert "to keep the effective batch" in line
+
+
 def test_a_change_only_an_unverified_strategy_then_fits_is_suggested_with_its_flags():
     """1.9 GB, SD1.5 at batch 4: no GPU has shown a strategy that fits at batch 1 either, but some would; the
     suggestion says which, rather than only "a bigger GPU"."""
@@ -192,7 +205,8 @@ def test_where_only_loading_is_short_of_host_ram_the_plan_says_swap_takes_it():
     said = re.fullmatch(
         rf"nothing fits 8.0 GiB of host RAM: the leanest strategy that fits the GPU \({re.escape(leanest.strategy.label)}"
         rf"\) needs {loading / 2**30:.1f} GiB to load the model, {training / 2**30:.1f} GiB to train; swap takes a "
-        r"loading peak \(slowly\): with ([\d.]+) GiB of swap free, --ram ([\d.]+)GB \(RAM and swap\) plans (.+) and "
+        r"loading peak \(slowly\): given ([\d.]+) GiB of free swap \(a swap file adds it\), --ram ([\d.]+)GB \(RAM and "
+        r"swap\) plans (.+) and "
         r"trains with it \(lowvram doctor shows this machine's swap\)", result.explanation)
     assert said and float(said[1]) == pytest.approx(float(said[2]) - 8), result.explanation
     # the line below it names the same (it named an unverified strategy at less)

@@ -194,8 +194,10 @@ def _swap_takes_loading(leanest: Estimate, work: Workload, hardware: Hardware, f
         if chosen is not None:
             doctor = "" if hardware.source.startswith("profile") else " (lowvram doctor shows this machine's swap)"
             # (--ram's too: it stands for this machine's RAM and swap, as the clause says to give it)
-            return (f" to load the model, {steps / GIB:.1f} GiB to train; swap takes a loading peak (slowly): with "
-                    f"{_gib_up(ram * GIB - hardware.host_ram):.1f} GiB of swap free, --ram {ram:g}GB (RAM and swap) "
+            # (a need, not a finding: "with 2.7 GiB of swap free" read as this machine's, which had none)
+            return (f" to load the model, {steps / GIB:.1f} GiB to train; swap takes a loading peak (slowly): given "
+                    f"{_gib_up(ram * GIB - hardware.host_ram):.1f} GiB of free swap (a swap file adds it), --ram "
+                    f"{ram:g}GB (RAM and swap) "
                     f"plans {chosen.strategy.label} and trains with it{doctor}")
     return f" to load the model, {steps / GIB:.1f} GiB to train"
 
@@ -246,8 +248,14 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
                           + ("" if isinstance(value, bool) else f" {value}") for name, value in fixed.items())
         found.append(f"leave {given} to the planner ({'it rules' if len(fixed) == 1 else 'they rule'} out every "
                      f"strategy {'seen training ' * seen_only}that fits){how}")
-    if work.batch > 1 and (how := fits(replace(work, batch=1))) is not None:
-        found.append(f"--batch-size 1 (use --gradient-accumulation to keep the effective batch){how}")
+    # the largest batch that fits (a seen strategy's first): batch 1 alone was named where 4 of 8 fitted
+    smaller = [(batch, how) for batch in range(work.batch - 1, 0, -1)
+               if (how := fits(replace(work, batch=batch))) is not None]
+    if smaller:
+        batch, how = next((pair for pair in smaller if pair[1] == ""), smaller[0])
+        steps = (f"--gradient-accumulation {work.batch // batch}" if work.batch % batch == 0 else
+                 "--gradient-accumulation")
+        found.append(f"--batch-size {batch} (use {steps} to keep the effective batch){how}")
     if work.train_text_encoder and (how := fits(replace(work, train_text_encoder=False))) is not None:
         found.append("the U-Net's adapters only (drop --train-text-encoder, or kohya's network_train_unet_only = "
                      f"true): the text encoders then run once, for the cache, and leave the GPU{how}")
