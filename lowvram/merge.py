@@ -28,6 +28,9 @@ SAID_BY_SOME = ("ss_base_model_version", "modelspec.architecture")  # (the layer
 # each file's own)
 
 
+CANCELLED = 1e-4  # a weighted sum this small beside its parts is float error's residue: they cancel out
+
+
 def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dynamic: str | None = None,
                 param: float | None = None, conv_rank: int | None = None, precision: str | None = None) -> Resized:
     """Write the weighted sum of `sources`' LoRAs at (at most) `rank` to `output`."""
@@ -60,6 +63,7 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     dtype = DTYPES[precision] if precision else next(iter(read[0][4].values()))["lora_down.weight"].dtype
     bases = list(dict.fromkeys(base for *_, pairs in read for base in pairs))
     written, before, after, kept = {}, [], [], []
+    given = summed = 0.0  # the Frobenius norms of the weighted updates, and of their sums
     for base in bases:
         downs, ups, shapes = [], [], set()
         for path, weight, _, _, pairs in read:
@@ -73,7 +77,9 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
                                    "another file's shape); merge LoRAs of one base model family")
             downs.append(down)
             ups.append(up * (weight * alpha / down.shape[0]))
+            given += float(torch.linalg.norm(ups[-1].flatten(1) @ down.flatten(1)))
         down, up = torch.cat(downs), torch.cat(ups, dim=1)
+        summed += float(torch.linalg.norm(up.flatten(1) @ down.flatten(1)))
         limit = conv_rank if conv_rank and down.dim() == 4 and down.shape[-1] > 1 else rank
         new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
         new = new_down.shape[0]
@@ -82,6 +88,10 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
+    if summed <= CANCELLED * given:  # (A and A:-1: float error's residue, resized, was "kept 98.0%")
+        named = ", ".join(f"{path.name}:{weight:g}" for path, weight in sources)
+        raise LowvramError(f"the LoRAs cancel out ({named}): their weighted sum changes nothing; check the weights' "
+                           "signs")
     from lowvram.train.publish import carded
 
     with carded(output):
@@ -206,6 +216,9 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
+            continue
+        if sources[-1][1] == 0:  # (it wrote a LoRA of zeros, "kept 100.0%", that still named its trigger words)
+            problems.append(f"{text}: a weight of 0 adds nothing to the merge; drop the file, or give it a weight")
     missing = [f"{path}: a diffusers model, not a LoRA; give it as --model (merge --model {shell_line(path)} "
                f"[LoRA FILEs] --output FILE, no --rank: the LoRAs fused into it, or it converted alone)"
                if (path / "model_index.json").is_file() else f"{path}: a folder; {lora_in_folder(path)}"

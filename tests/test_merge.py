@@ -65,6 +65,21 @@ def test_merge_refuses_weights_that_are_no_numbers_in_one_line_each(lora, tmp_pa
     assert load_file(str(out))
 
 
+def test_a_merge_that_adds_nothing_is_refused(lora, tmp_path, capsys):
+    """A LoRA merged with itself at -1, or given a weight of 0, wrote a LoRA of zeros ("kept 98.0%" of float
+    error's residue) that still named the trigger words: a LoRA that does nothing, said as a good merge."""
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", str(lora), f"{lora}:-1", "--rank", "4", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"lowvram merge: error: the LoRAs cancel out ({lora.name}:1, "
+                                               f"{lora.name}:-1): their weighted sum changes nothing; check the "
+                                               "weights' signs")
+    assert main(["merge", f"{lora}:0", "--rank", "4", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"lowvram merge: error: {lora}:0: a weight of 0 adds nothing to the "
+                                               "merge; drop the file, or give it a weight")
+    assert not out.exists()
+    assert main(["merge", str(lora), f"{lora}:-0.5", "--rank", "4", "--output", str(out)]) == 0  # half is left
+
+
 def test_a_resize_or_merge_of_a_bare_sdxl_lora_is_filed_as_sdxl(tmp_path):
     """AUTOMATIC1111 files a LoRA with any metadata and no ss_base_model_version as SD1's, hiding it beside an SDXL
     model: an SDXL file without metadata (as many shared ones are) came out of resize and merge so."""
