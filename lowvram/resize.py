@@ -129,11 +129,15 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
                            f"nothing (resize lowers ranks, never raises them); give a rank under {linear} ({linear} "
                            "writes it in kohya's layout, --save-precision in another precision)")
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
-    # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue
+    # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue, nor are
+    # a file's of one alpha whose layers' ranks differed (a --dynamic resize's, a merge's): diffusers read it right
+    folded = len({float(own["alpha"]) if "alpha" in own else float(own["lora_down.weight"].shape[0])
+                  for own in pairs.values()}) < 2 and len({old for old, (_, spatial) in zip(before, after, strict=True)
+                                                           if not spatial}) > 1  # (a LoCon's conv_dim is its own)
     from lowvram.train.publish import carded
 
     with carded(output):
-        save_lora(with_one_alpha(written) if dynamic else written, output,
+        save_lora(with_one_alpha(written) if dynamic or folded else written, output,
                   _metadata(metadata, max(before), rank, dynamic, param, after, shape_of(written), conv_rank),
                   "the resized LoRA")
     ranks = [new for new, _ in after]

@@ -125,6 +125,9 @@ def test_a_file_resized_at_its_own_rank_renders_the_same_in_lowvram_and_diffuser
                  "--output", str(ratio)]) == 0
     assert {t.shape[0] for k, t in load_file(str(ratio)).items() if k.endswith("lora_down.weight")} <= set(range(1, 9))
     assert_read_alike_by_diffusers_and_lowvram(dynamic)  # layers of differing rank, and of one alpha
+    again = tmp_path / "again.safetensors"  # a fixed rank of it: its layers' scales differed, diffusers misread it
+    assert main(["resize", str(dynamic), "--rank", "3", "--output", str(again)]) == 0
+    assert_read_alike_by_diffusers_and_lowvram(again)
     # trained on from, its ranks were asked for one after another, in a loop: refused, naming the ways on
     with pytest.raises(LowvramError) as error:
         run_config(network_weights=str(dynamic))
