@@ -631,7 +631,9 @@ class OutputConfig:
                                  "output_model_destination). A file of another run there is replaced only with "
                                  "--overwrite, and then moved to --output's archive/.", metavar="PATH")
     format: str = option("kohya", "kohya: one .safetensors that ComfyUI and AUTOMATIC1111 load (and diffusers, but "
-                         "for LoHa and LoKr); diffusers: also a diffusers/PEFT folder with adapter metadata.",
+                         "for LoHa and LoKr, and a DoRA's magnitudes, which its reader drops); diffusers: also a "
+                         "diffusers/PEFT folder with adapter metadata (a DoRA whole). Written at training time: no "
+                         "command converts a finished file.",
                          choices=FORMATS,
                          spelling=format_name)
     save_every: str | None = option(None, "Also save every N steps ('500') or N epochs ('2e'); 0: no.",

@@ -89,6 +89,9 @@ def describe(path: Path) -> dict:
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "text_encoder_modules": sum(name.startswith("lora_te") for name in layers),
+            # (SDXL's two: lora_te1_, lora_te2_; ComfyUI's SDXL CLIP-L alone under lora_te_ reads as one)
+            "text_encoders": 2 if any(name.startswith(("lora_te1_", "lora_te2_")) for name in layers) else int(
+                any(name.startswith("lora_te_") for name in layers)),
             "unet_modules": sum(name.startswith("lora_unet") for name in layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
@@ -252,9 +255,11 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
         console.print(trained, soft_wrap=True, highlight=False, markup=False)  # (a file's "[v2]" is no markup)
     if info["modules"]:  # (what ComfyUI's two strengths act on: a user set strength_clip on a U-Net-only LoRA)
         encoders, unet = info["text_encoder_modules"], info["unet_modules"]
-        console.print(f"layers: the U-Net's and the text encoders' ({encoders}): ComfyUI's strength_model and "
+        # (an SD1.5 file's one encoder was "the text encoders'", and its count of layers "(8)", unsaid)
+        whose = "text encoders'" if info["text_encoders"] == 2 else "text encoder's"
+        console.print(f"layers: the U-Net's ({unet}) and the {whose} ({encoders}): ComfyUI's strength_model and "
                       "strength_clip weigh each, AUTOMATIC1111's <lora:name:weight> both" if encoders and unet else
-                      "layers: the text encoders' alone: ComfyUI's strength_model changes nothing (strength_clip "
+                      f"layers: the {whose} alone: ComfyUI's strength_model changes nothing (strength_clip "
                       "weighs them, as AUTOMATIC1111's <lora:name:weight> does)" if encoders else
                       "layers: the U-Net's alone: ComfyUI's strength_clip changes nothing (strength_model weighs it, "
                       "as AUTOMATIC1111's <lora:name:weight> does)", soft_wrap=True)

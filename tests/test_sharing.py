@@ -516,8 +516,8 @@ def test_info_says_which_base_model_a_lora_is_for_and_its_trigger_words(tmp_path
     both = train(run_config(output=str(tmp_path / "te"), max_steps=1, train_text_encoder=True)).lora_path
     capsys.readouterr()
     assert main(["info", str(both)]) == 0
-    assert re.search(r"\nlayers: the U-Net's and the text encoders' \(\d+\): ComfyUI's strength_model and "
-                     "strength_clip weigh each", capsys.readouterr().out)
+    assert re.search(r"\nlayers: the U-Net's \(\d+\) and the text encoder's \(\d+\): ComfyUI's strength_model and "
+                     "strength_clip weigh each", capsys.readouterr().out)  # (SD1.5's one encoder)
     assert main(["info", str(result.lora_path), "--json"]) == 0  # (base_model in AUTOMATIC1111's words, as for any)
     said = json.loads(capsys.readouterr().out)
     assert (said["base_model"], said["demo_model"]) == ("SDXL", "tiny-sdxl")
