@@ -175,6 +175,14 @@ def test_a_trigger_word_of_one_of_several_concepts_is_said(tmp_path, capsys):
             "--trigger-word out: each N_name folder's name is its images' caption, as in kohya") in said, said
     assert main(argv) == 0  # (each folder's name its images' caption: nothing to say)
     assert "--trigger-word" not in capsys.readouterr().out
+    assert main([*argv, "--trigger-word", "zzstyle"]) == 0  # a new style token, no folder's: every concept's images
+    said = " ".join(capsys.readouterr().out.split())  # without a caption trained on it alone, unsaid
+    assert ("note: --trigger-word 'zzstyle' is in no N_name folder's name: the images of 10_ohwx cat/, 20_sks dog/, "
+            "5_sks_toy/ train with it (those without a caption on it alone") in said, said
+    shutil.rmtree(tmp_path / "data" / "10_ohwx cat")
+    shutil.rmtree(tmp_path / "data" / "5_sks_toy")
+    assert main([*argv, "--trigger-word", "zzstyle"]) == 0  # one concept: the trigger is its word
+    assert "note: --trigger-word" not in capsys.readouterr().out
 
 
 def test_concept_words_a_caption_prefix_pushes_into_the_shuffle_are_said(tmp_path, capsys):

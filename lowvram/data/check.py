@@ -346,21 +346,24 @@ def concept_words(records: list) -> str | None:
 
 
 def trigger_of_one_concept(records: list, trigger: str | None) -> str | None:
-    """The note where the trigger word is one of several kohya concepts' (20_sks dog, 10_ohwx cat): the others'
-    images train with it too, those without a caption on it alone, in place of their folder's name."""
+    """The note where the trigger word is one of several kohya concepts' (20_sks dog, 10_ohwx cat), or none of
+    theirs (a new style token): the others' images train with it too, those without a caption on it alone, in
+    place of their folder's name."""
     concepts: dict[str, str] = {}  # each N_name folder's label, by the folder
     for record in records if trigger else ():
         if concept_of(record):
             concepts.setdefault(record.folder, Path(record.relpath).parent.as_posix())
     named = [folder for label, folder in concepts.items() if has_word(label.replace("_", " "), trigger)]
     others = [folder for label, folder in concepts.items() if not has_word(label.replace("_", " "), trigger)]
-    if not named or not others:
+    if not others or len(others) < 2 - len(named):  # (one concept, named or not: its images' word)
         return None
     def shown(folders: list[str]) -> str:
         return ", ".join(f"{folder}/" for folder in folders[:3]) + (f" and {len(folders) - 3} more" * (len(folders) > 3))
 
-    return (f"note: --trigger-word '{trigger}' is in the name of {shown(named)} only: the images of {shown(others)} "
-            "train with it too (those without a caption on it alone, in place of "
+    # (in no folder's name, the concepts' uncaptioned images all trained on the one word, without a note)
+    where = f"is in the name of {shown(named)} only" if named else "is in no N_name folder's name"
+    return (f"note: --trigger-word '{trigger}' {where}: the images of {shown(others)} "
+            f"train with it{' too' * bool(named)} (those without a caption on it alone, in place of "
             "their folder's name); for several concepts leave --trigger-word out: each N_name folder's name is its "
             "images' caption, as in kohya")
 
