@@ -459,14 +459,17 @@ def with_dataset_settings(layer: dict[str, Any], source: str, dataset_wins: bool
                } if dataset.assumed else {}
     if not dataset_wins:
         notes += [f"{' '.join(as_flag_words({name: layer[name]}))} from {source} replaces its setting "
-                  f"({'on' if value is True else 'off' if value is False else value})"
+                  f"({_shown(value)})"
                   if layer[name] is not None else f"{flag_name(fields_by_name()[name][1])} {value} is not used: "
                   f"{source} turns it off" for name, value in values.items() if name in layer and layer[name] != value]
-        for name in layer:  # the run's value: a subset that sets its own keeps it
-            keeping = [subset.folder.name for subset in dataset.subsets if name in (subset.settings or {})]
-            if keeping:
-                notes.append(f"{flag_name(fields_by_name()[name][1])} from {source} is the run's; "
-                             f"{', '.join(keeping)} keep{'s' * (len(keeping) == 1)} their own from the file")
+        for name, given in layer.items():  # the run's value: a subset that sets another of its own keeps it
+            # (it named --shuffle-tags for --no-shuffle-tags, and a subset keeping the value the flag gives)
+            keeping = [f"{subset.folder.name} ({_shown(subset.settings[name])})" for subset in dataset.subsets
+                       if name in (subset.settings or {}) and subset.settings[name] != given]
+            if keeping and given is not None:
+                notes.append(f"{' '.join(as_flag_words({name: given}))} from {source} is the run's; "
+                             f"{', '.join(keeping)} keep{'s' * (len(keeping) == 1)} "
+                             f"{'its' if len(keeping) == 1 else 'their'} own from the file")
         if "resolution" in layer and "extra_resolutions" in values and "extra_resolutions" not in layer:
             extra = [side for side in str(values["extra_resolutions"]).split(",") if side.strip() != str(layer[
                 "resolution"])]
@@ -535,6 +538,11 @@ def without_idle_kept_tags(values: dict[str, Any], typed: Collection[str] = ()) 
     return values
 
 
+def _shown(value: Any) -> str:
+    """A file's setting as a note names it: a switch on or off, else its value."""
+    return "on" if value is True else "off" if value is False else str(value)
+
+
 def _unreplaced(values: dict[str, Any], given: Collection[str]) -> dict[str, Any]:
     """A file's values less those the command line gives (and so replaces), with the alternatives of each (a file's
     epochs where the command line gives --max-steps)."""
@@ -547,9 +555,10 @@ def _file_value_problems(values: dict[str, Any], about: set[str] | None = None) 
     cross-field checks about them (not those about options the file leaves to other layers); `about`: only those
     about these options."""
     values = {name: value for name, value in values.items() if name != ASSUMED}
-    moved_elsewhere = {} if {"shuffle_tags", "tag_dropout"} & set(values) else {"shuffle_tags": True}
-    # (kept tags that another layer moves: fine; a --network-weights file gives the rank and alpha the file leaves
-    # out, kohya's dim_from_weights, as the run takes them)
+    # (kept tags that another layer moves: fine, a --tag-dropout from the command line too where the file shuffles
+    # nothing; a --network-weights file gives the rank and alpha the file leaves out, kohya's dim_from_weights, as
+    # the run takes them)
+    moved_elsewhere = {} if "tag_dropout" in values or values.get("shuffle_tags") else {"tag_dropout": 0.1}
     sections, problems = _parsed_values(with_network_weights(values, quiet=True) | moved_elsewhere)
     flags = {flag_name(fields_by_name()[name][1]) for name in (values if about is None else about)}
     if about is not None:

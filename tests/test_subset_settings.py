@@ -83,7 +83,8 @@ def test_check_data_shows_each_folders_own_settings(tmp_path, sample_data, capsy
             or "varied/" in line}
     assert "flip" not in rows["plain/"] and "caption_extension .txt" in rows["plain/"]
     assert "flip True" in rows["varied/"] and "caption_extension" not in rows["varied/"]
-    assert "keep_tokens" not in rows["varied/"]  # its own tags stay put: none to keep
+    # its tags stay put, but a --tag-dropout from the command line keeps its first two, as kohya's subset does
+    assert "keep_tokens 2" in rows["varied/"]
 
 
 def test_check_data_shows_a_concepts_own_default_as_the_default(tmp_path, sample_data, capsys, monkeypatch):
@@ -168,9 +169,13 @@ def test_flags_set_the_runs_value_and_say_which_subsets_keep_their_own(tmp_path,
     text = (tmp_path / "dataset.toml").read_text()
     (tmp_path / "dataset.toml").write_text("[general]\nshuffle_caption = true\nkeep_tokens = 1\n" + text)
     # --no-shuffle-tags leaves the file's kept tags nothing to keep in place: no error about a flag not given
-    assert main(["check-data", path, "--flip", "--no-shuffle-tags"]) == 0
+    assert main(["check-data", path, "--no-flip", "--no-shuffle-tags"]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "--flip from the command line is the run's; varied keeps their own from the file" in err
+    assert "--no-flip from the command line is the run's; varied (on) keeps its own from the file" in err
+    # one that sets what the flag gives keeps nothing of its own (it named --shuffle-tags for --no-shuffle-tags, and
+    # said the folder kept its own where the flag made it the run's)
+    assert main(["check-data", path, "--flip"]) == 0
+    assert "is the run's" not in capsys.readouterr().err
 
 
 def test_a_resolution_flag_over_kohyas_several_resolutions_trains_each_once(tmp_path, sample_data, capsys):
