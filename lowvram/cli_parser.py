@@ -514,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "--lora-layers) [default: attn-mlp, kohya's LoRA]")
     ext.add_argument("--min-diff", type=float, default=0.01, help="a text encoder is extracted only where it "
                      "changed by more than this [default: 0.01, kohya's]")
-    ext.add_argument("--clamp-quantile", type=float, default=0.99, help="the factors' values (the up factor's holding "
-                     "the singular values, as kohya's) are clamped at this quantile of their size (1: not at all, "
-                     "the closest fit of the rank) [default: 0.99, kohya's]")
+    ext.add_argument("--clamp-quantile", type=float, default=0.99, help="the singular vectors' values are clamped at "
+                     "this quantile of their size, each side's at its own (1: not at all, the closest fit of the "
+                     "rank) [default: 0.99, kohya's]")
     ext.add_argument("--model-family", choices=sorted(fields_by_name()["model_family"][1].metadata["choices"]),
                      help="force the architecture instead of detecting it")
     ext.add_argument("--output", type=Path, default=Path("extracted.safetensors"),

@@ -36,8 +36,9 @@ class Extracted:
 def low_rank(delta: torch.Tensor, rank: int, clamp: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(down, up, share of the change's Frobenius norm kept): the rank-`rank` pair closest to `delta` (a Linear's
     (out, in) or a convolution's (out, in, k, k) change), the up factor holding the singular values as kohya's
-    does, both factors' values clamped at the `clamp` quantile of their size (1: none). The share kept is what the
-    pair fits of the change (the square root of one less the squared residual's share): a clamp's loss counts."""
+    does, the singular vectors' values clamped at the `clamp` quantile of their size (1: none), each side's at its
+    own. The share kept is what the pair fits of the change (the square root of one less the squared residual's
+    share): a clamp's loss counts."""
     import torch
 
     matrix = delta.flatten(1).float()
@@ -47,13 +48,15 @@ def low_rank(delta: torch.Tensor, rank: int, clamp: float = 1.0) -> tuple[torch.
     else:  # randomized, the rank's subspace found by power iteration: exact to float error for a low-rank change
         u, values, v = torch.svd_lowrank(matrix, q=min(rank + 10, min(matrix.shape)), niter=6)
         vh = v.T
-    # (the singular values split evenly between the factors lost ever more to the clamp as the rank rose: each
-    # further factor's small values lowered the quantile the first ones were clamped at; rank 128 fitted worse
-    # than 16)
-    up, down = u[:, :rank] * values[:rank], vh[:rank]
-    if clamp < 1:  # (kohya clamps at the signed quantile, a bound the negative values pass: here both alike)
-        limit = torch.quantile(torch.cat([up.flatten(), down.flatten()]).abs(), clamp)
-        up, down = up.clamp(-limit, limit), down.clamp(-limit, limit)
+    # the vectors clamped, not the factors: with the singular values split evenly between the factors, each further
+    # factor's small values lowered the quantile the first ones were clamped at (rank 128 fitted worse than 8); one
+    # quantile of kohya's factors, U*S and Vh, clamps more the larger the change. A unit vector's values are alike
+    # in size whatever the rank and the change's scale.
+    left, right = u[:, :rank], vh[:rank]
+    if clamp < 1:
+        left_limit, right_limit = (torch.quantile(side.abs().flatten(), clamp) for side in (left, right))
+        left, right = left.clamp(-left_limit, left_limit), right.clamp(-right_limit, right_limit)
+    up, down = left * values[:rank], right
     total = torch.linalg.norm(matrix)
     # (the product's norm over the change's said "kept 76%" of a fit 93% good)
     kept = math.sqrt(max(0.0, 1 - float(torch.linalg.norm(matrix - up @ down) / total) ** 2)) if total > 0 else 1.0
