@@ -168,7 +168,7 @@ def test_stop_pressed_twice_at_once_is_one_click_and_later_ends_the_run_at_once(
     try:
         assert child.stdout.readline().strip() == "ready"
         training = TrainingProcess(process=child, output=tmp_path, started=time.time() - 1)
-        assert training.stop().startswith("Stop pressed: ")
+        assert training.stop().endswith(f"(Stop pressed again after {runs.DOUBLE_CLICK_S} s ends it at once, unsaved)")
         assert training.stop().startswith("Stop was pressed 0 s ago: the run saves a checkpoint")
         time.sleep(1.0)
         assert got.read_text() == "x"  # one signal: the run goes on saving
@@ -181,6 +181,9 @@ def test_stop_pressed_twice_at_once_is_one_click_and_later_ends_the_run_at_once(
         child.stdout.close()
     assert training.state() == ("ended at once by a second Stop, its steps since the last checkpoint not kept (Start "
                                 "begins it again)")
+    (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)  # a periodic checkpoint, before the stops
+    (tmp_path / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    assert training.state().startswith("ended at once by a second Stop")  # (it read as a saved stop)
 
 
 def test_the_time_left_is_the_runs_own_log_figure_sample_grids_included():
@@ -191,6 +194,9 @@ def test_the_time_left_is_the_runs_own_log_figure_sample_grids_included():
     records = [{"step": step, "total_steps": 100, "loss": 0.5, "seconds": 2.0} for step in range(1, 57)]
     log = "step 50/100  loss 0.5012  2.10 s/it  0:04:02 elapsed, 0:06:10 left\nstep 56/100  loss 0.5  0:05:47 left\n"
     assert progress_line(records, True, log).endswith("about 0:05:47 left")
+    # (a later caching line's time left is no run's: a resume caches what changed, its steps shown already)
+    assert progress_line(records, True, log + "caching latents 120/500 (30 s, 4.0/s, 0:01:35 left)\n").endswith(
+        "about 0:05:47 left")
     assert progress_line(records, True, "caching latents").endswith("about 88 s left")  # (none logged yet)
     assert "left" not in progress_line(records, False, log)
 
@@ -207,27 +213,33 @@ def test_stop_reaches_the_run_an_earlier_ui_left_going_in_the_forms_folder(tmp_p
     got, ui_dir = tmp_path / "signal", tmp_path / "ui"
     holding = ("import signal, sys, time, pathlib\nfrom lowvram.train.folder_lock import FolderLock\n"
                "FolderLock(pathlib.Path(sys.argv[1])).acquire()\n"
-               "def stop(number, frame):\n"
-               f"    pathlib.Path({str(got)!r}).write_text(signal.Signals(number).name); sys.exit(130)\n"
-               "signal.signal(signal.SIGINT, stop); print('ready', flush=True); time.sleep(60)")
+               f"got = pathlib.Path({str(got)!r})\n"
+               "def stop(number, frame):\n"  # (each signal noted; the run saves for a while, then exits)
+               "    got.write_text((got.read_text() if got.exists() else '') + signal.Signals(number).name)\n"
+               "signal.signal(signal.SIGINT, stop); print('ready', flush=True)\n"
+               "while not got.exists(): time.sleep(0.05)\n"
+               "time.sleep(1.5); sys.exit(130)")
     for config in (tmp_path / "elsewhere.toml", ui_dir / "ui-run-7860.toml"):
         child = subprocess.Popen([sys.executable, "-c", holding, str(tmp_path / "out"), str(config)],
                                  stdout=subprocess.PIPE, text=True)
         try:
             assert child.stdout.readline().strip() == "ready"
-            said = stop_left_run(tmp_path / "out", ui_dir)
+            pressed: dict[int, float] = {}
+            said = stop_left_run(tmp_path / "out", ui_dir, pressed)
             if config.parent != ui_dir:  # another terminal's run: named, left alone
                 assert said.endswith("not one a UI started here: stop it where it runs (Ctrl-C in its terminal)")
                 time.sleep(0.5)
                 assert child.poll() is None and not got.exists()
                 continue
-            assert said.startswith(f"Stop pressed for the run an earlier UI started in {tmp_path / 'out'} (pid ")
+            assert said.startswith(f"Stop pressed for the run another UI started in {tmp_path / 'out'} (pid ")
+            # a second click at once is the first again (a second Ctrl-C ends a run unsaved)
+            assert stop_left_run(tmp_path / "out", ui_dir, pressed).startswith("Stop was pressed 0 s ago for the run")
             assert child.wait(timeout=30) == 130 and got.read_text() == "SIGINT"
         finally:
             child.kill()
             child.wait()
             child.stdout.close()
-    assert stop_left_run(tmp_path / "out", ui_dir) == "no run is going"
+    assert stop_left_run(tmp_path / "out", ui_dir, {}) == "no run is going"
     assert in_page_words("in use by another lowvram run (pid 9); wait for it to end, or choose another --output") == (
         "in use by another lowvram run (pid 9); wait for it to end (Stop stops one an earlier UI left going), or "
         "choose another --output")

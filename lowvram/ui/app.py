@@ -358,7 +358,7 @@ def build_app(cache_dir: Path, port: int | None = None, ui_dir: Path | None = No
             if training.running:
                 return training.stop()
             output = expand_home(option_values(fields, form).get("output", "output")).resolve()
-            return stop_left_run(output, ui_dir)
+            return stop_left_run(output, ui_dir, training.others_stopped)
 
         stop_button.click(stop, inputs, run_message)
 

@@ -6,6 +6,7 @@ Resume starts `train --resume auto` on the same config. Progress is read back fr
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -83,6 +84,7 @@ class TrainingProcess:
     checkpoints_before: frozenset = frozenset()  # the whole checkpoints its folder held then (a stop's is new)
     stopped_at: float = 0.0  # time.time() as Stop was pressed
     at_once: bool = False  # Stop pressed again: the run ends without saving
+    others_stopped: dict[int, float] = field(default_factory=dict)  # pid -> time.time() of Stop, for others' runs
     # one Start (or Resume) at a time: two pages' clicks together both passed the check, and wrote one config
     starting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -170,7 +172,8 @@ class TrainingProcess:
         self.process.send_signal(STOP_SIGNAL)
         self.stopping, self.stopped_at = True, time.time()
         # the click's own line, true once the run has stopped too (the state's "stopping" stayed under "stopped")
-        return "Stop pressed: the run finishes its step, saves a checkpoint and its LoRA, then exits"
+        return ("Stop pressed: the run finishes its step, saves a checkpoint and its LoRA, then exits (Stop pressed "
+                f"again after {DOUBLE_CLICK_S} s ends it at once, unsaved)")
 
     def state(self) -> str:
         if self.process is None:
@@ -181,7 +184,8 @@ class TrainingProcess:
         if code == 130:  # (stopped while it cached or loaded, it saved nothing)
             checkpoints = self._checkpoints()  # (by name, not by time: a network disk's clock is the server's)
             saved, earlier = bool(checkpoints - self.checkpoints_before), bool(checkpoints)
-            return ("stopped (a checkpoint was saved: Resume continues it)" if saved else
+            # (an at-once end after a periodic checkpoint read as a saved stop, its later steps lost unsaid)
+            return ("stopped (a checkpoint was saved: Resume continues it)" if saved and not self.at_once else
                     ("ended at once by a second Stop, its steps since the last checkpoint not kept (" if self.at_once
                      else "stopped before its first step, saving nothing (")
                     + ("Resume continues from the last checkpoint)" if earlier else "Start begins it again)"))
@@ -207,9 +211,11 @@ class TrainingProcess:
         return "\n".join(in_page_words(line) for line in lines[-LOG_LINES:])
 
 
-def stop_left_run(output: Path, ui_dir: Path) -> str:
-    """Stop, as Ctrl-C does, the run an earlier UI of this machine (its configs in `ui_dir`) started in `output`
-    and left going as it closed: a UI started anew showed nothing of it, and its Stop said no run was going."""
+def stop_left_run(output: Path, ui_dir: Path, pressed: dict[int, float]) -> str:
+    """Stop, as Ctrl-C does, the run another UI of this machine (its configs in `ui_dir`) started in `output`, one
+    an earlier UI left going as it closed: a UI started anew showed nothing of it, and its Stop said no run was
+    going. `pressed`: when Stop was pressed for each such run's pid, so that a second click within seconds is the
+    first again (a second Ctrl-C ends a run at once, unsaved)."""
     import psutil
 
     from lowvram.train.folder_lock import FolderLock
@@ -224,10 +230,22 @@ def stop_left_run(output: Path, ui_dir: Path) -> str:
     if not started_by_a_ui or os.name == "nt":  # (Windows: Ctrl-Break reaches no process group but its own console's)
         return (f"no run of this page is going; {output} is in use by another lowvram run (pid {pid}), not one a UI "
                 "started here: stop it where it runs (Ctrl-C in its terminal)" if not started_by_a_ui else
-                f"the run an earlier UI started in {output} goes on (pid {pid}); end it in the Task Manager (it saves "
+                f"the run another UI started in {output} goes on (pid {pid}); end it in the Task Manager (it saves "
                 "no checkpoint: Resume continues from its last one)")
-    os.kill(pid, signal.SIGINT)
-    return (f"Stop pressed for the run an earlier UI started in {output} (pid {pid}), which this page does not show: "
+    since = time.time() - pressed.get(pid, -math.inf)
+    if since < DOUBLE_CLICK_S:
+        return (f"Stop was pressed {since:.0f} s ago for the run in {output} (pid {pid}): it saves a checkpoint and "
+                "its LoRA as its step ends, then exits")
+    try:
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:  # (it ended meanwhile)
+        return "no run is going"
+    except PermissionError:  # (another account's, on a shared machine)
+        return f"{output} is in use by another account's lowvram run (pid {pid}); its owner stops it"
+    if pid in pressed:
+        return f"Stop pressed again: the run in {output} (pid {pid}) ends at once, without saving its last steps"
+    pressed[pid] = time.time()
+    return (f"Stop pressed for the run another UI started in {output} (pid {pid}), which this page does not show: "
             "it finishes its step, saves a checkpoint and its LoRA, then exits (Resume then continues it)")
 
 
@@ -303,7 +321,8 @@ def earlier_run(output: str | None) -> str:
     return f"{folder} holds a run: {progress_line(records, running=False) or 'no step logged'}; {saved}"
 
 
-LOG_TIME_LEFT = re.compile(r"\b(\d+:\d\d:\d\d) left\b")  # the run's own progress line's
+# the run's own step line's (a caching line's time left, or a day's "1 day, 2:03:04", is no run's)
+LOG_TIME_LEFT = re.compile(r"^step \d+/\d+ .*\b(\d+:\d\d:\d\d) left$", re.MULTILINE)
 
 
 def progress_line(records: list[dict], running: bool = True, log: str = "") -> str:
