@@ -162,15 +162,17 @@ def test_sdxl_in_2gb_fails_with_a_useful_suggestion():
 
 def test_a_batch_too_large_suggests_the_largest_batch_that_fits():
     """SD1.5 768 at batch 8 on 6 GB: batch 1 alone was suggested, where 4 fitted (a kohya user wants the largest,
-    and searched by hand)."""
+    and searched by hand): the largest that divides it, so that accumulation keeps the effective batch."""
     hardware = hardware_for(None, "6GB", "16GB")
     result = plan(work("sd15", 768, batch=8), hardware)
     assert result.choice is None
     line = next(s for s in result.suggestions if s.startswith("--batch-size "))
     batch = int(line.split()[1])
-    assert batch > 1 and plan(work("sd15", 768, batch=batch), hardware).choice is not None
-    assert plan(work("sd15", 768, batch=batch + 1), hardware).choice is None
-    assert "to keep the effective batch" in line
+    assert batch > 1 and 8 % batch == 0 and plan(work("sd15", 768, batch=batch), hardware).choice is not None
+    assert all(plan(work("sd15", 768, batch=more), hardware).choice is None for more in range(batch + 1, 8)
+               if 8 % more == 0)
+    assert line == (f"--batch-size {batch} (with {8 // batch} times the --gradient-accumulation, for the same "
+                    "effective batch)")
 
 
 def test_a_change_only_an_unverified_strategy_then_fits_is_suggested_with_its_flags():

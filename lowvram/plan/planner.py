@@ -248,14 +248,19 @@ def smallest_changes(work: Workload, hardware: Hardware, fixed: dict, seen_only:
                           + ("" if isinstance(value, bool) else f" {value}") for name, value in fixed.items())
         found.append(f"leave {given} to the planner ({'it rules' if len(fixed) == 1 else 'they rule'} out every "
                      f"strategy {'seen training ' * seen_only}that fits){how}")
-    # the largest batch that fits (a seen strategy's first): batch 1 alone was named where 4 of 8 fitted
-    smaller = [(batch, how) for batch in range(work.batch - 1, 0, -1)
-               if (how := fits(replace(work, batch=batch))) is not None]
-    if smaller:
-        batch, how = next((pair for pair in smaller if pair[1] == ""), smaller[0])
-        steps = (f"--gradient-accumulation {work.batch // batch}" if work.batch % batch == 0 else
-                 "--gradient-accumulation")
-        found.append(f"--batch-size {batch} (use {steps} to keep the effective batch){how}")
+    # the largest batch that fits (a seen strategy's first) and keeps the effective batch with accumulation: batch 1
+    # alone was named where 4 of 8 fitted
+    unverified = None
+    for batch in (batch for batch in range(work.batch - 1, 0, -1) if work.batch % batch == 0):
+        if (how := fits(replace(work, batch=batch))) == "":
+            break
+        unverified = unverified or ((batch, how) if how is not None else None)
+    else:
+        batch, how = unverified or (0, None)
+    if how is not None:
+        times = work.batch // batch
+        found.append(f"--batch-size {batch} (with {times} times the --gradient-accumulation, for the same effective "
+                     f"batch){how}")
     if work.train_text_encoder and (how := fits(replace(work, train_text_encoder=False))) is not None:
         found.append("the U-Net's adapters only (drop --train-text-encoder, or kohya's network_train_unet_only = "
                      f"true): the text encoders then run once, for the cache, and leave the GPU{how}")
