@@ -89,9 +89,8 @@ def describe(path: Path) -> dict:
             "trigger_words": trigger_words(metadata) or None,
             "modules": len(layers),
             "text_encoder_modules": sum(name.startswith("lora_te") for name in layers),
-            # (SDXL's two: lora_te1_, lora_te2_; ComfyUI's SDXL CLIP-L alone under lora_te_ reads as one)
-            "text_encoders": 2 if any(name.startswith(("lora_te1_", "lora_te2_")) for name in layers) else int(
-                any(name.startswith("lora_te_") for name in layers)),
+            # (SDXL's two: lora_te1_, lora_te2_, either alone one; ComfyUI's SDXL CLIP-L under lora_te_ one)
+            "text_encoders": len({name.split("_")[1] for name in layers if name.startswith("lora_te")}),
             "unet_modules": sum(name.startswith("lora_unet") for name in layers),
             "ranks": dict(sorted(ranks.items(), reverse=True)), "parameters": params,
             "dtypes": sorted({dtype for dtype, _ in tensors.values()}),

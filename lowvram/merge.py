@@ -88,6 +88,9 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
         before.append(down.shape[0])
         after.append(new)
         kept.append(share)
+    if given == 0:  # (an untrained save: its up weights are zeros)
+        raise LowvramError(f"{', '.join(str(path) for path, _ in sources)}: every update is zero (a LoRA saved before "
+                           "training, its up weights zeros): merging changes nothing")
     if summed <= CANCELLED * given:  # (A and A:-1: float error's residue, resized, was "kept 98.0%")
         named = ", ".join(f"{path.name}:{weight:g}" for path, weight in sources)
         raise LowvramError(f"the LoRAs cancel out ({named}): their weighted sum changes nothing; check the weights' "

@@ -128,13 +128,11 @@ def resize_file(path: Path, rank: int, output: Path, dynamic: str | None = None,
         raise LowvramError(f"{path}: every linear layer is at rank {linear} or below already, so --rank {rank} cuts "
                            f"nothing (resize lowers ranks, never raises them); give a rank under {linear} ({linear} "
                            "writes it in kohya's layout, --save-precision in another precision)")
-    convolutions = max((old for old, (_, spatial) in zip(before, after, strict=True) if spatial), default=0)
-    if not dynamic and conv_rank and convolutions and (rank > linear or conv_rank > convolutions):
+    if not dynamic and conv_rank and rank > linear and any(spatial for _, spatial in after):
         # (the file is named for --rank: -r32 of a rank-8 file whose convolutions alone were cut)
-        over = (f"--rank {rank}, above its linear layers' {linear}" if rank > linear else
-                f"--conv-rank {conv_rank}, above its convolutions' {convolutions}")
-        raise LowvramError(f"{path}: {over}, cuts nothing there (resize lowers ranks, never raises them); give "
-                           f"--rank {min(rank, linear)} --conv-rank {min(conv_rank, convolutions)} or less")
+        raise LowvramError(f"{path}: --rank {rank}, above its linear layers' {linear}, cuts nothing there (resize "
+                           f"lowers ranks, never raises them); give --rank {linear} --conv-rank {conv_rank} to cut "
+                           "the convolutions alone")
     # a fixed rank keeps each layer's alpha/rank scale (a LoCon's conv_alpha, per-block alphas), for
     # --network-weights to continue it; a rule's ranks per layer are no file's rank and alpha to continue, nor are
     # a file's of one alpha whose layers' ranks differed (a --dynamic resize's, a merge's): diffusers read it right

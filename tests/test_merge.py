@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_config
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lowvram.cli import main
 from lowvram.errors import LowvramError
@@ -77,6 +78,13 @@ def test_a_merge_that_adds_nothing_is_refused(lora, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"lowvram merge: error: {lora}:0: a weight of 0 adds nothing to the "
                                                "merge; drop the file, or give it a weight")
     assert not out.exists()
+    zeros = tmp_path / "untrained.safetensors"  # a save before training: its up weights zeros, no sign to check
+    tensors = load_file(str(lora))
+    save_file({key: torch.zeros_like(t) if key.endswith("lora_up.weight") else t for key, t in tensors.items()},
+              str(zeros))
+    assert main(["merge", str(zeros), "--rank", "4", "--output", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("every update is zero (a LoRA saved before training, its up "
+                                                    "weights zeros): merging changes nothing")
     assert main(["merge", str(lora), f"{lora}:-0.5", "--rank", "4", "--output", str(out)]) == 0  # half is left
 
 
