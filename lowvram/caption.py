@@ -226,17 +226,10 @@ def _unread_options(config: CaptionConfig, kind: str) -> list[str]:
 def _images_to_caption(data: Path, config: CaptionConfig, report: CaptionReport) -> tuple[Path, list]:
     """The folder the images are named relative to, and (scan record, caption file to write) for each usable image
     that needs a caption."""
+    from lowvram.config import IMAGE_SUFFIXES
     from lowvram.data.buckets import default_buckets
-    from lowvram.data.scan import (
-        IMAGE_SUFFIXES,
-        ImageFolder,
-        NoUsableImages,
-        ScanOptions,
-        nested_option,
-        repeat_folders,
-        scan_dataset,
-        scan_folders,
-    )
+    from lowvram.data.folders import ImageFolder, ScanOptions, nested_option, repeat_folders
+    from lowvram.data.scan import NoUsableImages, scan_dataset, scan_folders
 
     dataset = read_dataset(data) if is_dataset_file(data) else None
     extension = config.caption_extension

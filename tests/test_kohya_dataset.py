@@ -136,7 +136,7 @@ def test_a_setting_some_subsets_leave_out_is_the_kohya_configs_for_them(tmp_path
     assert (config.data.shuffle_tags, config.data.keep_tokens, config.data.caption_dropout) == (True, 1, 0.05)
     assert [s.settings for s in read_dataset(tmp_path / "dataset.toml").subsets] == [
         None, {"shuffle_tags": False, "caption_dropout": 0.2}]
-    # a keep_tokens every subset has alike is no difference, though a subset's own tags no shuffle moves keep none
+    # a keep_tokens every subset has alike is no difference (a subset that shuffles nothing keeps it for a dropout)
     write(tmp_path / "dataset.toml", {"general": {"keep_tokens": 1}, "datasets": [{"resolution": 64, "subsets": [
         {"image_dir": "imgs/alpha"}, {"image_dir": "imgs/beta", "shuffle_caption": False}]}]})
     assert not any(note.startswith("keep_tokens") for note in read_dataset(tmp_path / "dataset.toml").notes)
