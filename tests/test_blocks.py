@@ -336,7 +336,7 @@ def test_a_kohya_sdxl_file_in_the_original_layout_with_alphas_of_its_own_reads_e
 
 
 def test_a_block_alpha_of_0_is_its_blocks_rank_as_kohya_reads_it():
-    """kohya_network passed conv_alpha=0 on as conv_block_alphas 0: the convolutions' adapters trained at a scale of 0."""
+    """kohya_network passed conv_alpha=0 on as conv_block_alphas 0: the convolutions' adapters trained at scale 0."""
     layout = FAMILIES["sd15"].blocks
     plan = block_plan(NetworkConfig(rank=8, lora_layers="full", block_ranks=ranks_for(layout.size), block_alphas="0",
                                     conv_block_ranks=",".join(["4"] * layout.size), conv_block_alphas="0"), layout,
