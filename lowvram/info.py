@@ -87,6 +87,8 @@ def describe(path: Path) -> dict:
             "base_model": BASE_MODELS.get(lora_header.base_family(metadata, shapes)) if network != "unknown" else None,
             "demo_model": demo.name if demo and network != "unknown" else None,  # (trained on --model tiny)
             "trigger_words": trigger_words(metadata) or None,
+            # (a kohya file names none: its concept words are its N_name folders', which a card then offers)
+            "folder_words": None if trigger_words(metadata) else folder_words(metadata) or None,
             "modules": len(layers),
             "text_encoder_modules": sum(name.startswith("lora_te") for name in layers),
             # (SDXL's two: lora_te1_, lora_te2_, either alone one; ComfyUI's SDXL CLIP-L under lora_te_ one)
@@ -249,6 +251,9 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
                   f"{info['bytes'] / 2**20:.1f} MiB", soft_wrap=True)
     if info["trigger_words"]:  # (what ComfyUI's and AUTOMATIC1111's prompt needs, buried in the table otherwise)
         console.print(f"trigger words: {info['trigger_words']}", soft_wrap=True, highlight=False, markup=False)
+    elif info["folder_words"]:
+        console.print(f"trigger words: none recorded; its folders' words, which most of their captions hold (kohya's "
+                      f"concept words): {info['folder_words']}", soft_wrap=True, highlight=False, markup=False)
     # (what a LoRA manager's card shows, at a glance; a scale only where every layer has the one rank)
     if trained := _trained_line(info["metadata"], options if len(ranks) == 1 else {}):
         console.print(trained, soft_wrap=True, highlight=False, markup=False)  # (a file's "[v2]" is no markup)
@@ -301,6 +306,27 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
                       f"{info['private_paths'][0]}); lowvram info --strip-paths {path} removes them[/]", soft_wrap=True)
 
 
+LONG_VALUE = 400  # characters of a metadata value the table shows
+
+
+def folder_words(metadata: dict[str, str]) -> str:
+    """The words of a kohya LoRA's N_name folders (10_janedoe woman: janedoe woman) that at least half of each
+    folder's images have as a caption tag, by its ss_tag_frequency and ss_dataset_dirs ("" for none)."""
+    try:
+        tags, dirs = json.loads(metadata.get("ss_tag_frequency", "{}")), json.loads(metadata.get("ss_dataset_dirs",
+                                                                                                "{}"))
+    except ValueError:
+        return ""
+    words = []
+    for folder, counts in tags.items() if isinstance(tags, dict) and isinstance(dirs, dict) else ():
+        label = folder.split("_", 1)[1].strip() if re.fullmatch(r"\d+_.+", folder) else ""
+        images = (dirs.get(folder) or {}).get("img_count") if isinstance(dirs.get(folder), dict) else None
+        held = counts.get(label) if isinstance(counts, dict) and label else None
+        if held and isinstance(images, int) and images > 0 and held * 2 >= images and label not in words:
+            words.append(label)
+    return ", ".join(words)
+
+
 def _shown(key: str, value: str) -> str:
     """ss_tag_frequency is a JSON of every caption tag: its most frequent ones are what a reader wants."""
     if key == "ss_tag_frequency":
@@ -313,4 +339,7 @@ def _shown(key: str, value: str) -> str:
             return ", ".join(f"{tag} ({count})" for tag, count in top) + (" ..." if len(counts) > 10 else "")
         except (ValueError, AttributeError):
             return value
+    if len(value) > LONG_VALUE and "\n" not in value:  # (a modelspec.thumbnail's base64 image filled 900 lines;
+        # lowvram.config's TOML, in lines, is the recipe the table shows whole)
+        return f"{value[:LONG_VALUE // 2]} ... ({len(value):,} characters; --json shows it whole)"
     return value

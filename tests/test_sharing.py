@@ -235,6 +235,26 @@ def test_info_prints_another_trainers_lora(tmp_path, capsys):
     assert "2 local folder(s) in the metadata" in out and "--strip-paths" in out
 
 
+def test_info_names_a_kohya_files_folder_words_and_shortens_a_thumbnail(tmp_path, capsys):
+    """Most published LoRAs are kohya's, which record no trigger words: their concept is the N_name folder's name,
+    which the captions hold (info said nothing); a modelspec.thumbnail's base64 picture filled 900 lines."""
+    thumbnail = "data:image/jpeg;base64," + "A" * 40_000
+    path = kohya_file(tmp_path / "janedoe.safetensors", extra={
+        "ss_dataset_dirs": json.dumps({"10_janedoe woman": {"n_repeats": 10, "img_count": 4},
+                                       "1_backgrounds": {"n_repeats": 1, "img_count": 6}}),
+        "ss_tag_frequency": json.dumps({"10_janedoe woman": {"janedoe woman": 4, "smiling": 2},
+                                        "1_backgrounds": {"city": 6, "backgrounds": 1}}),
+        "modelspec.thumbnail": thumbnail})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("trigger words: none recorded; its folders' words, which most of their captions hold (kohya's concept "
+            "words): janedoe woman\n") in out, out  # (backgrounds: one caption of six holds it)
+    assert len(out.splitlines()) < 60 and "(40,023 characters; --json shows it whole)" in " ".join(out.split())
+    assert main(["info", str(path), "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["folder_words"] == "janedoe woman" and said["metadata"]["modelspec.thumbnail"] == thumbnail
+
+
 def test_info_on_a_file_without_metadata_says_so(tmp_path, capsys):
     path = kohya_file(tmp_path / "bare.safetensors")
     save_file(load_file(str(path)), str(path))  # the same layers, no metadata
