@@ -57,7 +57,7 @@ from lowvram.prompts import (
     read_prompt_file,
     without_lora_tags,
 )
-from lowvram.run_files import CHECKPOINTS, checkpoint_named, lora_in_folder, written_checkpoints
+from lowvram.run_files import CHECKPOINTS, checkpoint_named, is_options_file, lora_in_folder, written_checkpoints
 from lowvram.timesteps import timestep_problem
 
 
@@ -125,9 +125,23 @@ def _escaped_path_problems(c: RunConfig) -> list[str]:
     return p
 
 
+def _run_options(c: RunConfig) -> Path | None:
+    """The options file lowvram wrote for the run a --resume names: in its checkpoint's run folder, or --output."""
+    given = expand_home(c.training.resume)
+    folder = given.parent.parent if given.parent.name == CHECKPOINTS else c.output_dir
+    try:
+        return next((path for path in sorted(folder.glob("*.toml")) if is_options_file(path)), None)
+    except OSError:
+        return None
+
+
 def _file_problems(c: RunConfig) -> list[str]:
     """The files and folders the run reads: the dataset, the model and its parts, the weights it starts from."""
     p: list[str] = []
+    if c.training.resume and c.data.data is None and c.model.model is None and (found := _run_options(c)):
+        # (--resume with the state folder alone, as kohya's: "--data: no dataset given", "--model: which base model?")
+        return [(f"--resume: a resume needs the run's options too, which {found} holds: lowvram train --config "
+                f"{shell_line(str(found))} --resume {shell_line(c.training.resume)}")]
     if c.data.data is None:
         p.append("--data: no dataset given; pass an image folder, or 'sample' for the built-in sample dataset")
     elif is_dataset_file(c.data.data):

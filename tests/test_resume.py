@@ -1044,3 +1044,16 @@ def test_a_run_saving_by_epochs_trained_further_keeps_its_earlier_final_lora_und
     assert sorted(path.name for path in (tmp_path / "out").glob("*.safetensors")) == [
         "out-000001.safetensors", "out-000002.safetensors", "out.safetensors"]
     assert read_header(tmp_path / "out" / "out-000002.safetensors")[0]["ss_steps"] == "4"
+
+
+def test_a_resume_without_its_options_names_the_runs_toml(tmp_path, sample_data, capsys):
+    """--resume with the state folder alone, as kohya's --resume takes it: "--data: no dataset given" and
+    "--model: which base model?" said nothing of the options file the run wrote beside its checkpoints."""
+    out = tmp_path / "out"
+    train(run_config(output=str(out), data=str(sample_data), max_steps=2, checkpoint_every=1))
+    capsys.readouterr()
+    for resume, extra in (("auto", ["--output", str(out)]), (str(out / "checkpoints" / "step-000001"), [])):
+        assert main(["train", "--resume", resume, *extra]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"lowvram train: error: --resume: a resume needs the run's options too, which {out / 'out.toml'} holds: "
+            f"lowvram train --config {out / 'out.toml'} --resume {resume}")
