@@ -106,7 +106,7 @@ def _train_line(argv: list[str], values: dict, plan_only: dict, result, config) 
 def plan_dataset(run, console) -> dict:
     """Scan a real dataset, so its problems show up before the evening, and say how long the run is in steps and
     epochs, as training will count them (one process)."""
-    from lowvram.data.cache_size import planned_cache_size
+    from lowvram.data.cache_size import cache_room_problem, planned_cache_size
     from lowvram.data.check import scan_sets
     from lowvram.data.epochs import counted_epochs
     from lowvram.files import human_size
@@ -138,6 +138,9 @@ def plan_dataset(run, console) -> dict:
     console.print(f"cache: {bound} {human_size(size.bytes)} on disk in {run.cache_dir} ({size.latents} latents{texts}), "
                   "written once and read by later runs of these images; --cache-dir puts it elsewhere",
                   soft_wrap=True, highlight=False)
+    if short := cache_room_problem(run.cache_dir, size.bytes):  # (the run found it, after loading the model)
+        console.print(f"[yellow]warning:[/] {short}; else the run keeps it in host RAM instead", soft_wrap=True,
+                      highlight=False)
     return {"total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
             "epochs": round(schedule.epochs, 3),
             "images_per_epoch": epochs.images_per_epoch, "cache_bytes": size.bytes}

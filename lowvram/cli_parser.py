@@ -347,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
         plan.add_argument("--vram", metavar="SIZE", help=f"plan for a GPU with this much free VRAM (e.g. 6GB; "
                           f"{SIZE_UNITS}), taken to have bf16 (Ampere or newer; --mixed-precision fp16 plans for an "
                           "older card)"),
-        plan.add_argument("--ram", metavar="SIZE", help=f"host RAM to plan for (e.g. 12GB; {SIZE_UNITS}; default: "
-                          "this machine's, or --profile's)"),
+        plan.add_argument("--ram", metavar="SIZE", help=f"host RAM the run may take (e.g. 12GB; {SIZE_UNITS}; "
+                          "default: this machine's total, or --profile's), planned with no room kept for the system "
+                          "and other programs: on a 16 GB laptop whose desktop and browser hold 4 GB, give 12GB"),
         plan.add_argument("--json", action="store_true", help="print the plan as JSON")]
     plan.set_defaults(plan_only={flag: 0 if action.nargs == 0 else 1 for action in own
                                  for flag in action.option_strings})

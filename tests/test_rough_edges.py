@@ -147,6 +147,12 @@ def test_a_cache_folder_short_of_space_names_two_different_sizes(tmp_path):
     free, required = re.search(r"has ([\d.]+ \w+) free but the cache needs ([\d.]+ \w+)", message).groups()
     assert free != required, message
     assert "\n" not in message and "--cache-dir" in message
+    # lowvram plan says it of a cache folder not made yet, writing nothing there (the run found it, past loading)
+    from lowvram.data.cache_size import cache_room_problem
+
+    assert cache_room_problem(tmp_path / "not" / "made", needed) == message.replace(str(tmp_path / "cache"),
+                                                                                     str(tmp_path / "not" / "made"))
+    assert cache_room_problem(tmp_path / "not" / "made", 1024) is None and not (tmp_path / "not").exists()
 
 
 def dataset_with_captions(root, captions: dict[str, bytes]):

@@ -14,9 +14,7 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
-import shutil
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,14 +27,13 @@ from rich.console import Console
 from lowvram.console import counted_progress
 from lowvram.data.augment import Variant, apply_variant
 from lowvram.data.buckets import Placement
-from lowvram.data.cache_size import ENTRY_HEADER, holds_mask, latent_entry_bytes, text_entry_bytes
+from lowvram.data.cache_size import ENTRY_HEADER, cache_room_problem, holds_mask, latent_entry_bytes, text_entry_bytes
 from lowvram.data.folders import ScanOptions
 from lowvram.data.image_files import HIGH_BIT_MODES
 from lowvram.data.scan import open_training_image
 from lowvram.data.scan_report import ImageRecord
 from lowvram.errors import LowvramError
 from lowvram.files import (
-    KEPT_FREE,
     DiskFull,
     cache_sharing_fix,
     human_size,
@@ -264,19 +261,7 @@ def cache_problem(folder: Path, needed: int) -> str | None:
     problem = write_problem(folder)
     if problem:
         return f"--cache-dir: {problem} (pass a --cache-dir you can write to, to keep the cache)"
-    free = shutil.disk_usage(folder).free
-    required = int(needed * 1.1) + KEPT_FREE
-    if required <= free:
-        return None
-    # the total with the margins: `needed` alone may be below `free`, which reads as no reason to refuse
-    return (f"--cache-dir: {folder} has {human_size(free)} free but the cache needs {human_size(required)} "
-            f"({human_size(needed)} of entries, 10% to spare and the {human_size(KEPT_FREE)} every write leaves "
-            f"free); free {human_size(_rounded_up(required - free))} more or pass another --cache-dir")
-
-
-def _rounded_up(size: int) -> int:
-    """`size` a little over, so that the three digits human_size shows are never less than it."""
-    return math.ceil(size * 1.01 / 1024) * 1024
+    return cache_room_problem(folder, needed)
 
 
 def encode_latents(jobs: list[LatentJob], store: TensorStore, vae: torch.nn.Module, batch_size: int,

@@ -5,13 +5,16 @@ known short before the evening, not at the caching."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from lowvram.data.augment import AugmentOptions, make_variant, trained_text, weighted_caption_variants
 from lowvram.data.buckets import Buckets
 from lowvram.data.check import ScannedSets, folder_config, folder_options
 from lowvram.data.epochs import placements
+from lowvram.files import KEPT_FREE, free_bytes, human_size
 from lowvram.resolve import ResolvedRun
 
 ENTRY_HEADER = 256  # a safetensors entry's header and metadata, about
@@ -83,3 +86,21 @@ def planned_cache_size(run: ResolvedRun, sets: ScannedSets) -> CacheSize:
 
 def _config(family, component: str) -> dict:
     return json.loads((family.config_dir / component / "config.json").read_text())
+
+
+def cache_room_problem(folder: Path, needed: int) -> str | None:
+    """Why a cache of `needed` more bytes will not fit the disk of `folder` (with 10% to spare for headers and other
+    writers, and what every write leaves free); None when it will. (lowvram plan says it before a run finds it.)"""
+    free = free_bytes(folder)
+    required = int(needed * 1.1) + KEPT_FREE
+    if not needed or required <= free:
+        return None
+    # the total with the margins: `needed` alone may be below `free`, which reads as no reason to refuse
+    return (f"--cache-dir: {folder} has {human_size(free)} free but the cache needs {human_size(required)} "
+            f"({human_size(needed)} of entries, 10% to spare and the {human_size(KEPT_FREE)} every write leaves "
+            f"free); free {human_size(_rounded_up(required - free))} more or pass another --cache-dir")
+
+
+def _rounded_up(size: int) -> int:
+    """`size` a little over, so that the three digits human_size shows are never less than it."""
+    return math.ceil(size * 1.01 / 1024) * 1024
