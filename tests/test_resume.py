@@ -996,9 +996,11 @@ def test_a_resume_that_trains_nothing_leaves_the_lora_and_a_longer_schedule_is_s
     first = train(run_config(output=str(out), max_steps=4, scheduler="cosine", lr=1e-3))
     before = {path: path.read_bytes() for path in (first.lora_path, out / "out.toml", out / "metrics.jsonl")}
     for options in ({"lr": 5e-3, "max_steps": 4}, {"max_steps": 2}):
+        capsys.readouterr()
         with pytest.raises(LowvramError, match=r"--resume: nothing left to train, and .* would change no step of it: "
                                                r".*out.safetensors stands as step 4's LoRA"):
             train(run_config(output=str(out), scheduler="cosine", resume="auto", **({"lr": 1e-3} | options)))
+        assert "the steps from 5 train with" not in capsys.readouterr().out  # (said, then refused)
     assert {path: path.read_bytes() for path in before} == before  # metrics.jsonl too: its end line, "finished",
     # stays the run's (a refusal that changed nothing wrote "failed" over it, for a dashboard reading it)
     # a LoRA of another step than the checkpoint's (a kill between a later checkpoint and its LoRA): written anew

@@ -165,11 +165,6 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         then.pop(EPOCH_SAMPLES, None)
     changes = [f"{flag} {_shown(now[flag])} (was {_shown(then[flag])})" for flag in now
                if flag in then and then[flag] != now[flag]]
-    if changes:  # allowed (raising the steps or the lr of a finished run is how it is trained on), and said
-        many = len(changes) > 1
-        session.console.print(f"[yellow]note:[/] {', '.join(changes)}: the steps from {position.step + 1} train "
-                              f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
-                              f"new value{'s' * many} for the whole run", soft_wrap=True)
     old_batch, batch = then.get("--batch-size"), now["--batch-size"]
     if position.batch and isinstance(old_batch, int) and old_batch != batch:  # (the epoch's place is a batch count)
         session.console.print(
@@ -191,6 +186,13 @@ def resume(session: Session, trainee: Trainee, dataset: Dataset, schedule: Sched
         raise Refused(f"--resume: nothing left to train, and {what} would change no step of it: {lora} stands "
                            f"as step {position.step}'s LoRA; raise --max-steps (or --epochs) past {position.step} to "
                            "train further")
+    # allowed (raising the steps or the lr of a finished run is how it is trained on), and said: after the refusal
+    # above (a change was said to train the steps from here, then refused)
+    if changes:
+        many = len(changes) > 1
+        session.console.print(f"[yellow]note:[/] {', '.join(changes)}: the steps from {position.step + 1} train "
+                              f"with {'them' if many else 'it'}; the LoRA's metadata and the run's .toml record the "
+                              f"new value{'s' * many} for the whole run", soft_wrap=True)
     ended = _lora_step(lora) or 0
     if session.config.training.resume == "auto" and ended > position.step:  # the run's end, its checkpoint lost
         # the same end (an early stop's too): trained again, its LoRA was kept twice, on the disk that had filled
