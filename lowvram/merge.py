@@ -219,9 +219,6 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
             sources.append(parse_source(text))
         except LowvramError as exc:
             problems.append(str(exc))
-            continue
-        if sources[-1][1] == 0:  # (it wrote a LoRA of zeros, "kept 100.0%", that still named its trigger words)
-            problems.append(f"{text}: a weight of 0 adds nothing to the merge; drop the file, or give it a weight")
     missing = [f"{path}: a diffusers model, not a LoRA; give it as --model (merge --model {shell_line(path)} "
                f"[LoRA FILEs] --output FILE, no --rank: the LoRAs fused into it, or it converted alone)"
                if (path / "model_index.json").is_file() else f"{path}: a folder; {lora_in_folder(path)}"
@@ -233,6 +230,10 @@ def parse_sources(texts: list[str]) -> tuple[list[tuple[Path, float]], list[str]
 def run(args: argparse.Namespace) -> Resized:
     """`lowvram merge`, its options checked first (one line each)."""
     sources, problems = parse_sources(args.lora)
+    # (it wrote a LoRA of zeros, "kept 100.0%", that still named its trigger words; fused into a model, one of weight
+    # 0 is the model as it is, its file's marks its own)
+    problems += [f"{path}:0: a weight of 0 adds nothing to the merge; drop the file, or give it a weight"
+                 for path, weight in sources if weight == 0]
     if not args.lora:
         raise LowvramError("give the LoRA files to merge (FILE[:WEIGHT] ... --rank N), or --model MODEL --output FILE "
                            "to convert a model alone")

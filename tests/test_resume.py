@@ -962,6 +962,13 @@ def test_a_run_started_from_a_lora_resumes_without_it(tmp_path, sample_data, cap
                  "3"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert f"--network-weights {start} is not read: the run resumes from its checkpoint" in said
+    # another LoRA given to the resume: not read, yet the run's .toml and its LoRA's recipe named it
+    other = tmp_path / "other.safetensors"
+    assert main(["train", "--config", str(tmp_path / "child" / "child.toml"), "--resume", "auto", "--max-steps", "4",
+                 "--network-weights", str(other)]) == 2
+    assert (f"--network-weights {other}: the run resumes from its checkpoint, which holds its adapters (it started "
+            f"from {start}), so it would not be read; drop it, or start a new run from it in another --output"
+            in " ".join(capsys.readouterr().err.split()))
     assert main(["train", *bare, "--max-steps", "2", "--resume", "auto"]) == 2  # the file's rank unread: the default's
     assert (f"holds another run (--rank 2 there, 16 here; --alpha 2.0 there, 16.0 here) (--network-weights {start} is "
             f"gone, so the options it gave are not read: --config {tmp_path / 'bare' / 'bare.toml'} gives them)"

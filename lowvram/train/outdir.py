@@ -216,6 +216,23 @@ def nothing_to_resume(config):
     return new, f"--resume auto: no checkpoint in {folder} yet, so the run starts from the beginning"
 
 
+def another_start_problem(config) -> str | None:
+    """The line a resume stops at whose --network-weights is not the LoRA its run started from (its .toml's): the
+    checkpoint holds the adapters, so it was not read, yet the run's .toml and its LoRA's recipe then named it."""
+    given, path = config.network.network_weights, options_path(config.output_dir, config.output_name)
+    if not (config.training.resume and given and path.is_file()):
+        return None
+    try:
+        recorded = (tomllib.loads(path.read_text(encoding="utf-8")).get("network") or {}).get("network_weights")
+    except (OSError, ValueError):
+        return None
+    if recorded and (recorded == given or Path(recorded).name == Path(given).name):
+        return None  # (the run's own, or it moved)
+    started = f"from {recorded}" if recorded else "with fresh adapters"
+    return (f"--network-weights {given}: the run resumes from its checkpoint, which holds its adapters (it started "
+            f"{started}), so it would not be read; drop it, or start a new run from it in another --output")
+
+
 def existing_lora_problem(config) -> str | None:
     """The line a new run (neither --resume nor --overwrite) stops at when its LoRA is there already."""
     lora = config.output_dir / final_lora(config.output_name)

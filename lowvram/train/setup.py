@@ -61,7 +61,7 @@ from lowvram.run_files import LORA_SUFFIX
 from lowvram.samplers import sampler_problem
 from lowvram.train import checkpoint, checkpoint_folders
 from lowvram.train.identity import recipe
-from lowvram.train.outdir import existing_lora_problem
+from lowvram.train.outdir import another_start_problem, existing_lora_problem
 from lowvram.train.schedule import Schedule, folder_batches, in_steps, short_run_note
 
 PROCESS_WAIT = timedelta(hours=3)  # how long a process waits for the others at a barrier (the caches filled)
@@ -168,7 +168,8 @@ def start_session(config: RunConfig, console: Console | None) -> Session:
     from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-    problem = existing_lora_problem(config)  # before the slow part (outdir.claimed checks the rest)
+    problem = existing_lora_problem(config) or another_start_problem(config)  # before the slow part (outdir.claimed
+    # checks the rest)
     if problem:
         raise LowvramError(problem)
     if config.optim.optimizer not in OPTIMIZERS or config.optim.optimizer_args:  # refused before the model loads
