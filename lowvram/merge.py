@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from lowvram.errors import LowvramError, shell_line
@@ -91,7 +92,8 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
     if given == 0:  # (an untrained save: its up weights are zeros)
         raise LowvramError(f"{', '.join(str(path) for path, _ in sources)}: every update is zero (a LoRA saved before "
                            "training, its up weights zeros): merging changes nothing")
-    if summed <= CANCELLED * given:  # (A and A:-1: float error's residue, resized, was "kept 98.0%")
+    # (A and A:-1: float error's residue, resized, was "kept 98.0%"; weights past float's range are said at saving)
+    if math.isfinite(given) and summed <= CANCELLED * given:
         named = ", ".join(f"{path.name}:{weight:g}" for path, weight in sources)
         raise LowvramError(f"the LoRAs cancel out ({named}): their weighted sum changes nothing; check the weights' "
                            "signs")
