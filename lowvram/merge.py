@@ -17,7 +17,7 @@ from lowvram.errors import LowvramError, shell_line
 from lowvram.lora_header import base_model_metadata
 from lowvram.lora_metadata import modelspec, save_lora, title_of, trigger_words
 from lowvram.option_values import parse_source
-from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, shape_of, with_one_alpha
+from lowvram.resize import Resized, option_problems, read_pairs, resize_pair, shape_of, update_norm, with_one_alpha
 from lowvram.run_files import lora_in_folder
 
 # metadata the merged file keeps when every source agrees on it: what the LoRAs were trained for
@@ -78,9 +78,9 @@ def merge_files(sources: list[tuple[Path, float]], rank: int, output: Path, dyna
                                    "another file's shape); merge LoRAs of one base model family")
             downs.append(down)
             ups.append(up * (weight * alpha / down.shape[0]))
-            given += float(torch.linalg.norm(ups[-1].flatten(1) @ down.flatten(1)))
+            given += update_norm(down, ups[-1])
         down, up = torch.cat(downs), torch.cat(ups, dim=1)
-        summed += float(torch.linalg.norm(up.flatten(1) @ down.flatten(1)))
+        summed += update_norm(down, up)
         limit = conv_rank if conv_rank and down.dim() == 4 and down.shape[-1] > 1 else rank
         new_down, new_up, share = resize_pair(down, up, limit, dynamic, param)
         new = new_down.shape[0]

@@ -72,6 +72,13 @@ def kept_rank(values: torch.Tensor, limit: int, dynamic: str | None, param: floa
     return max(1, min(count, limit, len(values)))
 
 
+def update_norm(down: torch.Tensor, up: torch.Tensor) -> float:
+    """The Frobenius norm of up @ down, from the factors' rank x rank Gram matrices (the product itself, a layer's
+    whole weight shape, is never made)."""
+    a, b = up.reshape(up.shape[0], -1).double(), down.reshape(down.shape[0], -1).double()
+    return float(((a.T @ a) * (b @ b.T)).sum().clamp(min=0).sqrt())
+
+
 def resize_pair(down: torch.Tensor, up: torch.Tensor, limit: int, dynamic: str | None, param: float | None
                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(down, up, share of the update's Frobenius norm kept) at the kept rank, shaped as the given ones (a
