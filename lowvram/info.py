@@ -320,7 +320,8 @@ def folder_words(metadata: dict[str, str]) -> str:
     words = []
     for folder, counts in tags.items() if isinstance(tags, dict) and isinstance(dirs, dict) else ():
         label = folder.split("_", 1)[1].strip() if re.fullmatch(r"\d+_.+", folder) else ""
-        images = (dirs.get(folder) or {}).get("img_count") if isinstance(dirs.get(folder), dict) else None
+        own = dirs.get(folder)
+        images = own.get("img_count") if isinstance(own, dict) else None
         held = counts.get(label) if isinstance(counts, dict) and label else None
         if held and isinstance(images, int) and images > 0 and held * 2 >= images and label not in words:
             words.append(label)
