@@ -422,8 +422,9 @@ def _kept_on_interrupt(config, started: float) -> str:
     """What a run stopped at once (a second Ctrl-C, during its save) left to continue from: its newest whole
     checkpoint, of this run (written since it started, or the one it resumed); none, before its first (its steps
     were lost unsaid)."""
+    from lowvram.run_files import options_path
     from lowvram.train import checkpoint_folders
-    from lowvram.train.outdir import continue_line, options_path
+    from lowvram.train.outdir import continue_line
 
     if config is None:
         return ""

@@ -57,7 +57,15 @@ from lowvram.prompts import (
     read_prompt_file,
     without_lora_tags,
 )
-from lowvram.run_files import CHECKPOINTS, checkpoint_named, is_options_file, lora_in_folder, written_checkpoints
+from lowvram.run_files import (
+    CHECKPOINTS,
+    checkpoint_named,
+    is_options_file,
+    lora_in_folder,
+    options_path,
+    runs_name,
+    written_checkpoints,
+)
 from lowvram.timesteps import timestep_problem
 
 
@@ -129,10 +137,8 @@ def _run_options(c: RunConfig) -> Path | None:
     """The options file lowvram wrote for the run a --resume names: in its checkpoint's run folder, or --output."""
     given = expand_home(c.training.resume)
     folder = given.parent.parent if given.parent.name == CHECKPOINTS else c.output_dir
-    try:
-        return next((path for path in sorted(folder.glob("*.toml")) if is_options_file(path)), None)
-    except OSError:
-        return None
+    path = options_path(folder, runs_name(folder) or c.output_name)
+    return path if is_options_file(path) else None
 
 
 def _file_problems(c: RunConfig) -> list[str]:

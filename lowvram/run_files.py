@@ -70,6 +70,14 @@ def not_written_yet(lora: Path) -> str:
             f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')} continues it")
 
 
+def options_path(folder: Path, name: str) -> Path:
+    """Where the run's options are written, and what its 'continue with' line names: `<name>.toml`, unless a file
+    there is not one lowvram wrote (the user's own config, kept; or an older lowvram's, from before the header),
+    then `<name>.run.toml` beside it."""
+    path = folder / f"{name}.toml"
+    return path if not path.is_file() or is_options_file(path) else folder / f"{name}.run.toml"
+
+
 def is_options_file(path: Path) -> bool:
     """Whether `path` is a run's options file lowvram wrote (its header on its first line), not a user's config."""
     try:

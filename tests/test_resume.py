@@ -1061,6 +1061,8 @@ def test_a_resume_without_its_options_names_the_runs_toml(tmp_path, sample_data,
     out = tmp_path / "out"
     train(run_config(output=str(out), data=str(sample_data), max_steps=2, checkpoint_every=1))
     capsys.readouterr()
+    # an earlier run's options under another --name stay in the folder: the one named is the run's the record names
+    (out / "an-earlier-name.toml").write_bytes((out / "out.toml").read_bytes())
     for resume, extra in (("auto", ["--output", str(out)]), (str(out / "checkpoints" / "step-000001"), [])):
         assert main(["train", "--resume", resume, *extra]) == 2
         assert capsys.readouterr().err.strip() == (

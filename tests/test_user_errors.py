@@ -23,8 +23,9 @@ from lowvram.errors import LowvramError
 from lowvram.files import name_length
 from lowvram.hardware import parse_size
 from lowvram.lora_metadata import addnet_hash
+from lowvram.run_files import options_path
 from lowvram.train.loop import train
-from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD, options_path
+from lowvram.train.outdir import ARCHIVE, OPTIONS_HEADER, RECORD
 
 
 def one_error(capsys) -> str:

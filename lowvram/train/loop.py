@@ -27,7 +27,7 @@ from lowvram.lora_metadata import addnet_hash
 from lowvram.memory import PhasePeaks, free_cached_memory, host_peak_bytes
 from lowvram.models.loading import LoadedModel
 from lowvram.resolve import cache_in_use
-from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora
+from lowvram.run_files import LOGS, LORA_SUFFIX, METRICS, SAMPLES, best_save, diffusers_copy, final_lora, options_path
 from lowvram.train import checkpoint, outdir, publish
 from lowvram.train.folder_lock import FolderLock
 from lowvram.train.metadata import TrainingShape
@@ -124,7 +124,7 @@ def write_options(session: Session) -> Path:
     """The run's options as <name>.toml in its folder: what `--config ... --resume auto` continues an interrupted
     run with (a fresh run's before its caching: a disconnect during it left none to continue with)."""
     config, out_dir, name = session.config, session.out_dir, session.config.output_name
-    config_path = outdir.options_path(out_dir, name)
+    config_path = options_path(out_dir, name)
     if session.main and config_path.name != f"{name}.toml":
         session.console.print(f"kept {out_dir / name}.toml as it is: lowvram's header is not on its first line (your "
                               f"own config, or an older lowvram's); this run's options go to {config_path}",
@@ -146,7 +146,7 @@ def run_training(session: Session, dataset: Dataset | None) -> TrainResult:
     config, console, out_dir, name = session.config, session.console, session.out_dir, session.config.output_name
     dataset = dataset or scan_data(session)
     fresh = not config.training.resume  # (a resumed run's stays until its resume is not refused: "nothing left")
-    config_path = write_options(session) if fresh else outdir.options_path(out_dir, name)  # before the caching a
+    config_path = write_options(session) if fresh else options_path(out_dir, name)  # before the caching a
     # disconnect may stop, after a dataset refused
     model, noise_scheduler = load_frozen_model(session)
     peaks = PhasePeaks(session.device)  # each phase's peak VRAM, to print and to log beside the metrics

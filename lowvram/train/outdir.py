@@ -47,6 +47,7 @@ from lowvram.run_files import (
     final_samples_of,
     is_options_file,
     lora_list_folder,
+    options_path,
     saved_lora,
     step_image,
     step_save,
@@ -110,14 +111,6 @@ def continue_line(folder: Path, name: str, processes: int = 1) -> str:
     launch = ("accelerate", "launch", "--multi_gpu", "--num_processes", processes, "-m", "lowvram") if processes > 1 \
         else ("lowvram",)
     return shell_line(*launch, "train", "--config", options_path(folder, name), "--resume", "auto")
-
-
-def options_path(folder: Path, name: str) -> Path:
-    """Where the run's options are written, and what its 'continue with' line names: `<name>.toml`, unless a file
-    there is not one lowvram wrote (the user's own config, kept; or an older lowvram's, from before the header),
-    then `<name>.run.toml` beside it."""
-    path = folder / f"{name}.toml"
-    return path if not path.is_file() or is_options_file(path) else folder / f"{name}.run.toml"
 
 
 def read_record(folder: Path) -> dict | None:

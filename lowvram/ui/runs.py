@@ -255,7 +255,7 @@ def with_recorded_strategy(values: dict[str, Any], output: Path) -> dict[str, An
     default optimizer was refused as another run."""
     from lowvram.configure import read_config
     from lowvram.plan import STRATEGY_OPTIONS
-    from lowvram.train.outdir import options_path
+    from lowvram.run_files import options_path
 
     name = values.get("name") or output.name
     try:
