@@ -363,8 +363,20 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     if idle and values.get("bucket") is False:
         print(f"{', '.join(idle)}: no effect with --no-bucket, which crops every image square", file=sys.stderr)
     else:
-        bucket_sides_note(values, typed=flags)
+        bucket_sides_note(values if "resolution" in values else values | {"resolution": _models_resolution(values)},
+                          typed=flags)
     return with_network_weights(values)
+
+
+def _models_resolution(values: dict) -> int | None:
+    """The resolution the model trains at, no --resolution given (check-data's model: SD1.5's); None where its
+    family is not known yet (said where the run checks its model)."""
+    from lowvram.models.detect import detect_family
+
+    try:
+        return detect_family(str(values.get("model") or PLANNING_MODEL), values.get("model_family")).resolution
+    except LowvramError:
+        return None
 
 
 def preset_replaced_note(preset: str, config: Path, preset_values: dict, config_values: dict) -> None:

@@ -247,7 +247,8 @@ class DataConfig:
                                          "the bucket step, as kohya's).", metavar="PX")
     bucket_no_upscale: bool = option(False, "Give images smaller than the resolution a bucket of their own size "
                                      "instead of enlarging them, and larger ones one of their own aspect ratio "
-                                     "(kohya's bucket_no_upscale).")
+                                     "(kohya's bucket_no_upscale); the bucket sides then only bound the aspect "
+                                     "ratios that train.")
     small_images: str = option("upscale", "Images that must be enlarged to fill their bucket: upscale (with a "
                                "warning in the scan) or skip.", choices=("upscale", "skip"))
     flip: bool = option(False, "Horizontal-flip augmentation (a flipped variant of each image is cached).")

@@ -62,6 +62,9 @@ def test_bucket_sides_the_resolution_lies_outside_are_said(images, capsys, argv,
     refused."""
     assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", *argv]) == code
     assert message in capsys.readouterr().err
+    # no --resolution: the model's own, the tiny model's 64 px (neither was said: a run at 48 px, its metadata 64's)
+    assert main(["check-data", str(images), "--model", "tiny", *argv]) == code
+    assert message in capsys.readouterr().err
     assert main(["check-data", str(images), "--model", "tiny", "--resolution", "64", "--no-bucket", *argv]) == 0
     assert "no effect with --no-bucket" in capsys.readouterr().err  # (that note instead)
     if code == 0:  # a config's, named as such: the flag named was one the user never typed

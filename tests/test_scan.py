@@ -801,3 +801,28 @@ def test_comfyuis_output_folder_captions_no_image_with_its_name(tmp_path):
         drawn(colour=(9, 99, 9)).save(tmp_path / name / "ComfyUI_00001_.png")
         [record] = scan_dataset(tmp_path / name, TINY).usable
         assert record.caption == ("mystyle" if name == "mystyle" else ""), name
+
+
+def test_bucket_no_upscale_skips_the_aspect_ratios_the_buckets_skip(tmp_path):
+    """--bucket-no-upscale's bucket is the image's own shape, which crops nothing: a 60:1 panorama, skipped by
+    default, trained in a 3840x64 bucket (kohya's too), 64 px across, without a word."""
+    (tmp_path / "ds").mkdir()
+    Image.new("RGB", (12000, 200), (10, 20, 30)).save(tmp_path / "ds" / "pano.jpg")
+    drawn().save(tmp_path / "ds" / "square.png")
+    skipped = scan_dataset(tmp_path / "ds", default_buckets(512, no_upscale=True)).skipped
+    assert [(r.relpath, r.reason) for r in skipped] == [(
+        "pano.jpg", ("extreme aspect ratio: 12000x200 is 60.0:1 and the widest bucket is 1024x256: cropping to it would "
+                    "keep only 7% of the image (--bucket-no-upscale would train it at 3840x64, its own shape); crop or "
+                    "split it"))]
+
+
+def test_no_bucket_says_the_square_crops_that_keep_little(tmp_path):
+    """--no-bucket crops every image square: a photo's 3:2 crop is every photo's, unsaid, but a 16:9 or 2:1 image's,
+    half of it lost, was said by no note (the note was for buckets alone)."""
+    (tmp_path / "ds").mkdir()
+    for width, height in ((1920, 1080), (1500, 1000), (1000, 1000)):
+        Image.new("RGB", (width, height), (10, 20, 30)).save(tmp_path / "ds" / f"{width}x{height}.jpg")
+    report = scan_dataset(tmp_path / "ds", default_buckets(512, min_side=512, max_side=512))
+    crops = {r.relpath: [note for note in r.notes if "cropped" in note] for r in report.usable}
+    assert crops == {"1000x1000.jpg": [], "1500x1000.jpg": [], "1920x1080.jpg": [
+        "cropped to its bucket 512x512, keeping 56% of the image (crop or split it to train all of it)"]}

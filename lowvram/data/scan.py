@@ -77,6 +77,7 @@ MODE_NOTES = {"I;16": "16-bit -> 8-bit RGB", "CMYK": "CMYK -> RGB", "P": "palett
 INDEX_VERSION = 1
 UPSCALE_NOTE_FROM = 1.01  # enlarging by under 1% is not worth a word
 CROP_NOTE_BELOW = 0.8  # a bucket's crop keeping less of an image (a panorama's) is said; buckets keep most of others
+SQUARE_CROP_NOTE_BELOW = 0.6  # --no-bucket's square crop: a 3:2 photo's (67%) is every photo's; a 16:9 one's is said
 PROGRESS_FROM = 50  # files; fewer scan in a blink
 MASK_ASPECT_TOLERANCE = 0.02  # a mask of another shape belongs to another image
 
@@ -498,14 +499,19 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
     if min(width, height) < options.min_side:
         return f"too small: {width}x{height}, sides must be at least {options.min_side} px; use a larger image", None, []
     placement = buckets.place(width, height)
-    if placement.kept_fraction < options.min_kept_fraction:
+    # (--bucket-no-upscale's own-shape bucket crops nothing: a 60:1 panorama trained 3840x64, where the buckets'
+    # sides skip it as without it)
+    bounded = replace(buckets, no_upscale=False).place(width, height) if buckets.no_upscale else placement
+    if bounded.kept_fraction < options.min_kept_fraction:
         wide = width >= height
         extreme = max(buckets.shapes, key=lambda s: s[0] / s[1] if wide else s[1] / s[0])
         ratio = max(width, height) / min(width, height)
         shape = f"{'widest' if wide else 'tallest'} bucket is {extreme[0]}x{extreme[1]}"
-        target = "it" if placement.bucket == extreme else f"its bucket {placement.bucket[0]}x{placement.bucket[1]}"
+        target = "it" if bounded.bucket == extreme else f"its bucket {bounded.bucket[0]}x{bounded.bucket[1]}"
+        own = (f" (--bucket-no-upscale would train it at {placement.bucket[0]}x{placement.bucket[1]}, its own shape)"
+               if buckets.no_upscale else "")
         return (f"extreme aspect ratio: {width}x{height} is {f'{ratio:.1f}:1' if wide else f'1:{ratio:.1f}'} and the "
-                f"{shape}: cropping to {target} would keep only {placement.kept_fraction:.0%} of the image; "
+                f"{shape}: cropping to {target} would keep only {bounded.kept_fraction:.0%} of the image{own}; "
                 "crop or split it"), None, []
     notes = []
     if placement.upscale > UPSCALE_NOTE_FROM:
@@ -513,7 +519,7 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
             return (f"needs upscaling: {width}x{height} would be enlarged x{placement.upscale:.1f} to fill its bucket "
                     f"{placement.bucket[0]}x{placement.bucket[1]} (small images = skip)"), None, []
         notes.append(f"upscaled x{placement.upscale:.1f} to fill its bucket")
-    if placement.kept_fraction < CROP_NOTE_BELOW and len(buckets.shapes) > 1:  # (one square bucket: every photo's)
+    if placement.kept_fraction < (CROP_NOTE_BELOW if len(buckets.shapes) > 1 else SQUARE_CROP_NOTE_BELOW):
         notes.append(f"cropped to its bucket {placement.bucket[0]}x{placement.bucket[1]}, keeping "
                      f"{placement.kept_fraction:.0%} of the image (crop or split it to train all of it)")
     if facts["format"] and facts["format"] not in IMAGE_FORMATS.get(suffix, ()):
