@@ -811,8 +811,8 @@ def test_bucket_no_upscale_skips_the_aspect_ratios_the_buckets_skip(tmp_path):
     drawn().save(tmp_path / "ds" / "square.png")
     skipped = scan_dataset(tmp_path / "ds", default_buckets(512, no_upscale=True)).skipped
     assert [(r.relpath, r.reason) for r in skipped] == [(
-        "pano.jpg", ("extreme aspect ratio: 12000x200 is 60.0:1 and the widest bucket is 1024x256: cropping to it would "
-                    "keep only 7% of the image (--bucket-no-upscale would train it at 3840x64, its own shape); crop or "
+        "pano.jpg", ("extreme aspect ratio: 12000x200 is 60.0:1 and the widest bucket is 1024x256: cropping to it "
+                    "would keep only 7% of the image (--bucket-no-upscale would train it at 3840x64, its own shape); crop or "
                     "split it"))]
 
 
