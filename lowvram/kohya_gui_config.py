@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lowvram.errors import LowvramError, shell_line
+from lowvram.errors import LowvramError, quoted, shell_line
 from lowvram.files import expand_home, local_path
 from lowvram.kohya_config import translate
 from lowvram.kohya_values import as_number, number_or_text, switched_on
@@ -62,6 +62,12 @@ GUI_DEFAULTS = {"enable_bucket": True, "network_dim": 8, "network_alpha": 1, "ep
                 "lr_scheduler": "cosine", "lr_warmup": 10, "max_resolution": "512,512", "min_bucket_reso": 256,
                 "max_bucket_reso": 2048, "bucket_reso_steps": 64, "caption_extension": ".txt", "train_batch_size": 1}
 
+# the GUI's number fields whose text is read as a number (kohya_ss's float() or int() of it stops on another text)
+GUI_NUMBERS = {"epoch": int, "max_train_steps": int, "max_train_epochs": int, "lr_warmup": float,
+               "lr_warmup_steps": int, "train_batch_size": int, "gradient_accumulation_steps": int,
+               "num_processes": int, "learning_rate": float, "text_encoder_lr": float, "unet_lr": float,
+               "max_grad_norm": float}
+
 # the command line's options kohya_ss counts its steps for the GUI's epochs from, as the GUI's fields
 COUNTED_FROM = {"batch_size": "train_batch_size", "gradient_accumulation": "gradient_accumulation_steps",
                 "data": "train_data_dir", "reg_data": "reg_data_dir", "epochs": "epoch"}  # (and its restarts)
@@ -90,6 +96,9 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     def problem(key: str, text: str) -> None:
         problems.append(f"{path}: {key}: {text}")
 
+    for key, kind in GUI_NUMBERS.items():  # (else read as none: epoch "ten" trained sd-scripts' 1600 steps unsaid)
+        if doc.get(key) not in ("", None):
+            as_number(doc[key], key, problem, kind)
     # (a length the command line gives: the GUI's warm-up percent is of its steps, not the GUI's)
     length_given = bool(given) and any(given.get(name) is not None for name in ("max_steps", "epochs"))
     settings = _sd_scripts_settings(doc, problem, length_given)
@@ -195,8 +204,10 @@ def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = Fals
             settings.pop(key, None)  # kohya_ss leaves a rate of 0 out: learning_rate stands in
     if not text_rate and unet_rate:  # a text-encoder rate of 0 beside a U-Net one: kohya_ss trains the U-Net alone
         settings |= {"network_train_unet_only": True}
-    elif text_rate and not unet_rate:
-        settings |= {"network_train_text_encoder_only": True}
+    elif text_rate and not unet_rate:  # (kohya_ss trains the text encoder alone: its network_train_text_encoder_only)
+        problem("unet_lr", f"{quoted(gui.get('unet_lr', ''))} beside text_encoder_lr {gui['text_encoder_lr']}: kohya_ss "
+                "then trains the text encoder alone, and lowvram always trains the U-Net; give unet_lr (kohya_ss's "
+                "default is 0.0001)")
     if gui.get("lr_scheduler") == "cosine_with_restarts" and "lr_scheduler_num_cycles" not in gui and _number(
             gui.get("epoch")):
         settings["lr_scheduler_num_cycles"] = int(_number(gui["epoch"]))  # kohya_ss: a restart per epoch

@@ -465,3 +465,22 @@ def test_settings_a_gui_file_leaves_out_are_the_lora_tabs_not_sd_scripts_default
                                "network_dim 8, epoch 1,") and "network_alpha" not in notes[0]
     values, notes = translate_gui(STANDARD | {"enable_bucket": False}, tmp_path / "gui.json")  # a full file: as it is
     assert values.get("bucket") is False and not any("left out of the file" in note for note in notes)
+
+
+def test_a_gui_number_field_of_other_text_is_refused_as_kohya_ss_stops_on_it(tmp_path):
+    """kohya_ss's float() or int() of a field stops on text that is no number; lowvram read it as none: epoch "ten"
+    trained sd-scripts' 1600 steps, lr_warmup "10%" no warm-up, text_encoder_lr "abc" no text encoder, unsaid. An
+    empty unet_lr beside a text-encoder rate (kohya_ss: the text encoder alone) was refused naming a setting the file
+    does not hold."""
+    for key, value, kind in (("epoch", "ten", "a whole number"), ("lr_warmup", "10%", "a number"),
+                             ("max_train_steps", "1,600", "a whole number"), ("text_encoder_lr", "abc", "a number")):
+        with pytest.raises(LowvramError) as error:
+            settings_of(tmp_path, **{key: value})
+        assert str(error.value) == f"{tmp_path / 'gui.json'}: {key}: '{value}' is not {kind}"
+    assert settings_of(tmp_path, epoch="2", max_train_steps="")["epochs"] == 2  # (numbers as text, blanks: read)
+    for unet in ("", 0):
+        with pytest.raises(LowvramError) as error:
+            settings_of(tmp_path, unet_lr=unet)
+        assert str(error.value) == (
+            f"{tmp_path / 'gui.json'}: unet_lr: {unet!r} beside text_encoder_lr 3e-05: kohya_ss then trains the text "
+            "encoder alone, and lowvram always trains the U-Net; give unet_lr (kohya_ss's default is 0.0001)")
