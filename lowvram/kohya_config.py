@@ -307,6 +307,9 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
     unknown = sorted(set(left) - INERT)
+    if str(left.get("dynamo_backend") or "no").lower() != "no":  # (kohya_ss writes "no" where it compiles nothing)
+        notes.append(f"dynamo_backend {left['dynamo_backend']} not carried over: lowvram's counterpart is "
+                     f"{KOHYA_FLAGS['--dynamo_backend']}")
     if str(left.get("network_multiplier", 1)) in ("1", "1.0"):  # kohya's default: the strength trained here
         left.pop("network_multiplier", None)
         unknown = [key for key in unknown if key != "network_multiplier"]

@@ -148,6 +148,12 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
         notes.append(f"num_processes {processes}: kohya_ss launches that many processes, one per GPU; here: "
                      + shell_line("accelerate", "launch", "--multi_gpu", "--num_processes", processes, "-m",
                                   "lowvram", "train", "--config", path))
+    if ids := str(doc.get("gpu_ids") or "").strip():  # (kohya_ss's accelerate launch --gpu_ids)
+        notes.append(f"gpu_ids {ids} not carried over: kohya_ss trains on those GPUs; here, set "
+                     f"CUDA_VISIBLE_DEVICES={ids} for the command")
+    if extra := str(doc.get("extra_accelerate_launch_args") or "").strip():
+        notes.append(f"extra_accelerate_launch_args {extra!r} not carried over: kohya_ss's flags for accelerate's "
+                     "launcher; give lowvram's own (its --mixed-precision for accelerate's)")
     if prompts:
         try:  # kohya_ss's default is euler_a; sd-scripts' (without the GUI) ddim
             values["sample_sampler"] = sampler_name(str(doc.get("sample_sampler") or "euler_a"))

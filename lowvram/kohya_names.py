@@ -125,6 +125,9 @@ KOHYA_FLAGS = {
     "--lowram": "(not needed: models load in the precision they train in, and lowvram plan shows the host RAM each "
                 "phase needs)",
     "--highvram": "(not needed: lowvram plan picks what fits the GPU)",
+    "--torch_compile": "--compile",
+    "--dynamo_backend": "--compile (torch.compile of the U-Net's blocks; accelerate's dynamo_backend compiles the "
+                        "whole model)",
     "--save_state": "--checkpoint-every N or Ne (a checkpoint is always saved at the end)",
     "--logging_dir": "--tensorboard (logs go to <output>/logs)",
     "--log_with": "--tensorboard, or --wandb-project NAME (metrics.jsonl is always written)",

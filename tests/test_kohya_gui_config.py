@@ -484,3 +484,20 @@ def test_a_gui_number_field_of_other_text_is_refused_as_kohya_ss_stops_on_it(tmp
         assert str(error.value) == (
             f"{tmp_path / 'gui.json'}: unet_lr: {unet!r} beside text_encoder_lr 3e-05: kohya_ss then trains the text "
             "encoder alone, and lowvram always trains the U-Net; give unet_lr (kohya_ss's default is 0.0001)")
+
+
+def test_compiling_and_the_launchers_settings_are_carried_over_or_said(tmp_path):
+    """sd-scripts' torch_compile was "not carried over (lowvram has no such setting)" beside lowvram's --compile;
+    accelerate's dynamo_backend, the GPUs kohya_ss picks and its launcher's own flags went unsaid."""
+    values, notes = translate_gui(STANDARD | {
+        "additional_parameters": "--torch_compile", "dynamo_backend": "inductor", "gpu_ids": "1",
+        "extra_accelerate_launch_args": "--mixed_precision bf16"}, tmp_path / "gui.json")
+    assert values["compile"] is True
+    assert [note for note in notes if "not carried over" in note] == [
+        ("dynamo_backend inductor not carried over: lowvram's counterpart is --compile (torch.compile of the U-Net's "
+        "blocks; accelerate's dynamo_backend compiles the whole model)"),
+        "gpu_ids 1 not carried over: kohya_ss trains on those GPUs; here, set CUDA_VISIBLE_DEVICES=1 for the command",
+        ("extra_accelerate_launch_args '--mixed_precision bf16' not carried over: kohya_ss's flags for accelerate's "
+        "launcher; give lowvram's own (its --mixed-precision for accelerate's)")]
+    _, quiet = translate_gui(STANDARD | {"dynamo_backend": "no", "gpu_ids": ""}, tmp_path / "gui.json")
+    assert not [note for note in quiet if "not carried over" in note]  # (the GUI's defaults: nothing to say)
