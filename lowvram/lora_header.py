@@ -109,6 +109,11 @@ FILE_NETWORK_OPTIONS = ("network", "rank", "alpha", "conv_rank", "conv_alpha", "
                         "lokr_factor")
 
 
+# what the names of the convolutions' layers hold, in diffusers' and the original (LDM) layout
+CONV_PARTS = ("_resnets_", "_downsamplers_", "_upsamplers_", "_conv_in", "_conv_out", "_in_layers_", "_out_layers_",
+              "_skip_connection", "_op")
+
+
 def layer_ranks(path: Path, tensors: dict[str, dict], start: int
                 ) -> tuple[dict[str, dict[str, dict]], tuple[list[tuple[int, float]], list[tuple[int, float]]]]:
     """The file's layers (base name -> suffix -> header entry), and the (rank, alpha) of each: the 3x3
@@ -147,16 +152,21 @@ def network_options(path: Path) -> dict[str, Any]:
         return {}
     layers, (plain, spatial) = layer_ranks(path, tensors, start)
     values: dict[str, Any] = {"network": network}
-    if plain or spatial:  # (a LoKr of whole Kronecker factors has no rank)
-        rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
-        values |= {"rank": int(rank), "alpha": float(alpha)}
-    if spatial:
-        conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
-        values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
     # a LoHa's or LoKr's 3x3 factors are flat: its shapes tell no convolution, its LyCORIS preset and conv_dim do
     # (kohya_ss writes conv_dim whatever the preset; LyCORIS's conv_alpha defaults to network_alpha)
     args = _network_args(metadata) if network in ("loha", "lokr") and not spatial else {}
     adapts_convs = metadata.get("lowvram.lora_layers", "full" if args.get("preset", "full") == "full" else "") == "full"
+    if adapts_convs and str(args.get("conv_dim", "")).isdigit():  # (their ranks are among the rest's: a LoKr whose
+        # linear layers are mostly whole factors, of no rank, was read at its convolutions' rank)
+        plain = [(rank, alpha) for rank, alpha in plain if rank != int(args["conv_dim"])] or plain
+    if plain or spatial:
+        rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
+        values |= {"rank": int(rank), "alpha": float(alpha)}
+    elif network == "lokr":  # every layer two whole Kronecker factors: a rank no layer splits at
+        values |= _whole_factors_rank(metadata, layers)
+    if spatial:
+        conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
+        values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
     if args.get("conv_dim") and adapts_convs:
         try:
             values |= {"conv_rank": int(args["conv_dim"]),
@@ -166,7 +176,8 @@ def network_options(path: Path) -> dict[str, Any]:
             pass
     names = " ".join(layers)
     values["lora_layers"] = metadata.get("lowvram.lora_layers") or (
-        "full" if spatial else "attn-mlp" if any(part in names for part in ("_ff_net_", "_mlp_fc")) else "attn")
+        "full" if spatial or any(part in names for part in CONV_PARTS)  # (a LyCORIS file's flat 3x3 factors)
+        else "attn-mlp" if any(part in names for part in ("_ff_net_", "_mlp_fc")) else "attn")
     values["train_text_encoder"] = any(base.startswith("lora_te") for base in layers)
     if network == "lokr":
         try:
@@ -174,6 +185,16 @@ def network_options(path: Path) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError):  # unsaid: the one its shapes imply
             values["lokr_factor"] = _shapes_factor(layers)
     return values
+
+
+def _whole_factors_rank(metadata: dict[str, str], layers: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """The rank of a LoKr of whole Kronecker factors alone: its metadata's (kohya_ss's "full rank" 100000), else one
+    past every factor's sides, at which none splits (their alpha is applied to none)."""
+    try:
+        return {"rank": int(metadata["ss_network_dim"]), "alpha": float(metadata.get("ss_network_alpha") or 1)}
+    except (KeyError, TypeError, ValueError):
+        side = max((max(entry["shape"], default=0) for own in layers.values() for entry in own.values()), default=0)
+        return {"rank": 2 * side, "alpha": float(2 * side)} if side else {}
 
 
 def _shapes_factor(layers: dict[str, dict[str, dict]]) -> int:

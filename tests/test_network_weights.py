@@ -548,3 +548,24 @@ def test_a_bare_lora_of_another_rank_or_with_text_layers_is_refused_before_cachi
         assert not list(cache.rglob("*.safetensors")), change  # nothing encoded
     train(run_config(model="tiny", output=str(tmp_path / "next"), max_steps=1, network_weights=str(bare), rank=4,
                      alpha=2, train_text_encoder=True))  # as it was trained: it continues
+
+
+def test_a_lokr_of_whole_factors_continues_at_the_rank_it_was_trained_with(tmp_path):
+    """A LoKr whose linear layers are mostly two whole Kronecker factors (no rank in their tensors) was read at its
+    convolutions' rank, and a LoKr of whole factors alone (kohya_ss's "full rank" 100000) at none: each refusal
+    asked for the other value, and the file could not be continued. Without metadata its flat 3x3 factors' layers
+    were not seen as convolutions."""
+    from lowvram.lora_header import network_options
+
+    mixed = train(run_config(output=str(tmp_path / "mixed"), max_steps=1, network="lokr", lora_layers="full", rank=8,
+                             alpha=8, conv_rank=4, conv_alpha=1)).lora_path
+    whole = train(run_config(output=str(tmp_path / "whole"), max_steps=1, network="lokr", lora_layers="full",
+                             rank=100000, alpha=1, conv_rank=100000, conv_alpha=1, lokr_factor=8)).lora_path
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(whole)), str(bare))
+    assert {key: network_options(mixed)[key] for key in ("rank", "alpha", "conv_rank", "conv_alpha")} == {
+        "rank": 8, "alpha": 8.0, "conv_rank": 4, "conv_alpha": 1.0}
+    assert (network_options(whole)["rank"], network_options(bare)["lora_layers"]) == (100000, "full")
+    for index, lora in enumerate((mixed, whole, bare)):  # (the file's options taken, as the command line takes them)
+        assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights", str(lora), "--output",
+                     str(tmp_path / f"on{index}"), "--max-steps", "1"]) == 0
