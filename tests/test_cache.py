@@ -782,3 +782,22 @@ def test_what_a_run_writes_in_a_groups_shared_folders_is_the_groups_under_any_um
     assert stat.filemode(step.stat().st_mode) == "drwxrws---"
     assert {stat.filemode(p.stat().st_mode) for p in step.iterdir()} == {"-rw-rw----"}
     assert stat.filemode((out / "run" / "metrics.jsonl").stat().st_mode) == "-rw-rw----"
+
+
+def test_no_usable_class_image_points_at_a_check_data_command_that_runs(tmp_path, sample_data, capsys):
+    """The command the refusal named scanned the class folder as check-data's DIR beside itself as --reg-data:
+    refused as --data's own folder."""
+    import shlex
+
+    from lowvram.cli import main
+
+    (tmp_path / "reg" / "1_woman").mkdir(parents=True)
+    (tmp_path / "reg" / "1_woman" / "a.png").write_text("not an image")
+    cache = str(tmp_path / "cache")
+    assert main(["train", "--model", "tiny", "--data", str(sample_data), "--reg-data", str(tmp_path / "reg"),
+                 "--output", str(tmp_path / "out"), "--cache-dir", cache]) == 2
+    command = re.search(r"see `(lowvram check-data [^`]+)`", capsys.readouterr().err).group(1)
+    assert shlex.split(command)[2] == str(sample_data)
+    assert main(shlex.split(command)[1:]) == 2  # (none usable: its list said why, not a refusal of the command)
+    err = capsys.readouterr().err
+    assert "--reg-data: no usable images" in err and "is --data's folder" not in err

@@ -521,6 +521,10 @@ def test_a_warm_up_longer_than_most_of_the_run_is_warned_about(tmp_path, capsys)
           Console(file=restarts, width=300))
     assert ("--scheduler-cycles 3 leaves each cycle under 2 of the 4 steps after the warm-up, so the rate barely "
             "decays (or not at all) before each restart; lower --scheduler-cycles (say 1)") in restarts.getvalue()
+    past = io.StringIO()  # (a warm-up past the run's end, said by its own warning: cycles "under 2 of the -58 steps")
+    train(run_config(output=str(tmp_path / "p"), scheduler="cosine_with_restarts", scheduler_cycles=3, max_steps=2,
+                     warmup_steps=60), Console(file=past, width=300))
+    assert "never reaches" in past.getvalue() and "--scheduler-cycles" not in past.getvalue()
     quiet = io.StringIO()
     train(run_config(output=str(tmp_path / "b"), scheduler="cosine", warmup_steps=1, max_steps=3),
           Console(file=quiet, width=300))

@@ -83,7 +83,9 @@ def scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | N
     is_reg subsets with `regularization` (which also captions as regularization images: --reg-data's folder).
     Where no image is usable, the error points to the check-data command that lists why, or, `listed_above`, to
     the list the caller printed."""
-    listing = "listed above" if listed_above else f"see `{check_data_command(run.config, data)}`"
+    listed = Path(run.config.data.data) if regularization and run.config.data.data else data  # (with its --reg-data:
+    # the class folder as check-data's DIR is refused, as --data's own)
+    listing = "listed above" if listed_above else f"see `{check_data_command(run.config, listed)}`"
     with cache_in_use(run.cache_dir, console):  # `lowvram cache` removes no index while it is written
         return _scan(run, data, trigger, console, regularization, listing)
 

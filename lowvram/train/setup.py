@@ -556,7 +556,7 @@ def describe(session: Session, trainee: Trainee, dataset: Dataset, prepared: Pre
                               f"{max(0, schedule.total_steps // 10)})", soft_wrap=True)
     cycles, decaying = config.optim.scheduler_cycles, schedule.total_steps - warmup
     # (20 cycles in 10 steps: held at --lr throughout)
-    if config.optim.scheduler == "cosine_with_restarts" and decaying and cycles > decaying / 2:
+    if config.optim.scheduler == "cosine_with_restarts" and decaying > 0 and cycles > decaying / 2:
         session.console.print(f"[yellow]warning:[/] --scheduler-cycles {cycles} leaves each cycle under 2 of the "
                               f"{decaying} steps after the warm-up, so the rate barely decays (or not at all) before "
                               f"each restart; lower --scheduler-cycles (say {max(1, decaying // 10)})", soft_wrap=True)
