@@ -1068,3 +1068,18 @@ def test_a_resume_without_its_options_names_the_runs_toml(tmp_path, sample_data,
         assert capsys.readouterr().err.strip() == (
             f"lowvram train: error: --resume: a resume needs the run's options too, which {out / 'out.toml'} holds: "
             f"lowvram train --config {out / 'out.toml'} --resume {resume}")
+
+
+def test_a_run_resumed_through_a_link_to_its_dataset_and_output_is_the_same_run(tmp_path, sample_data):
+    """A Colab notebook's link without spaces to "/content/drive/MyDrive/Lora Training" (or Drive's older
+    "My Drive"): the same folders, recorded by another path, were "another run (--data ... there, ... here)"."""
+    from lowvram.cli import main
+
+    drive = tmp_path / "MyDrive" / "Lora Training"
+    shutil.copytree(sample_data, drive / "dataset")
+    assert main(["train", "--model", "tiny", "--data", str(drive / "dataset"), "--output", str(drive / "runs" / "a"),
+                 "--max-steps", "2", "--checkpoint-every", "1"]) == 0
+    (tmp_path / "lt").symlink_to(drive)
+    assert main(["train", "--model", "tiny", "--data", str(tmp_path / "lt" / "dataset"), "--output",
+                 str(tmp_path / "lt" / "runs" / "a"), "--max-steps", "3", "--checkpoint-every", "1",
+                 "--resume", "auto"]) == 0

@@ -68,11 +68,19 @@ def same_run(recorded: dict, ours: dict[str, object]) -> bool:
 
 
 def _same_place(flag: str, theirs: dict, ours: dict) -> bool:
-    """Whether a model, VAE or dataset path recorded differently is the one given: moved, or recorded with `..` in
-    it (as runs before `files.absolute_path` recorded `--data ../data`)."""
+    """Whether a model, VAE or dataset path recorded differently is the one given: moved, recorded with `..` in
+    it (as runs before `files.absolute_path` recorded `--data ../data`), or reached through a link (a Colab
+    notebook's /content/lt to "/content/drive/MyDrive/Lora Training", or Drive's older "My Drive")."""
     then, now = theirs.get(flag), ours.get(flag)
     return flag in MOVABLE and isinstance(then, str) and isinstance(now, str) and (
-        os.path.normpath(then) == os.path.normpath(now) or _moved(then, now))
+        os.path.normpath(then) == os.path.normpath(now) or _moved(then, now) or _same_file(then, now))
+
+
+def _same_file(then: str, now: str) -> bool:
+    try:
+        return os.path.samefile(then, now)
+    except (OSError, ValueError):
+        return False
 
 
 def _moved(then: object, now: object) -> bool:
