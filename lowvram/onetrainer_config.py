@@ -365,8 +365,13 @@ def _data(doc: dict[str, Any], path: Path, problem, notes: list[str]) -> dict[st
         if float(doc.get("unmasked_probability") or 0.0):  # (OneTrainer's presets: 0.1)
             notes.append(f"unmasked_probability {doc['unmasked_probability']}: not carried over; lowvram trains "
                          "every step with its mask (--unmasked-weight weighs the area outside it instead)")
-    skip = doc.get("text_encoder_layer_skip") or doc.get("text_encoder_2_layer_skip") or 0
-    if skip:
+    if (_upper(doc, "model_type") or "").startswith("STABLE_DIFFUSION_XL"):  # (read past their penultimate layers)
+        for key in ("text_encoder_layer_skip", "text_encoder_2_layer_skip"):
+            if doc.get(key):
+                problem(key, f"{doc[key]}: OneTrainer reads SDXL's text encoder that many layers before the "
+                        "penultimate one, as lowvram and kohya never do; set it to 0")
+    elif skip := doc.get("text_encoder_layer_skip") or 0:  # (SD1.5's one encoder: a second's skip is another
+        # model type's, kept when the type was switched in OneTrainer's page, which reads it no more)
         values["clip_skip"] = int(skip) + 1  # OneTrainer counts the layers skipped past the last; kohya counts it
     return values
 

@@ -250,11 +250,13 @@ def test_an_older_onetrainer_config_is_read_by_its_old_names_without_false_notes
 
 @pytest.mark.parametrize(("encoders", "until", "note"), [
     ({"text_encoder": {"train": True, "stop_training_after": 200, "stop_training_after_unit": "STEP"}}, "200", None),
-    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE",  # an SD1.5 config's text_encoder_2 is not read
+    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder_layer_skip": 0,  # (an SD1.5 config's
+      # text_encoder_2 is not read)
       "text_encoder": {"train": True, "stop_training_after": 2, "stop_training_after_unit": "EPOCH"},
       "text_encoder_2": {"train": True, "stop_training_after": 5, "stop_training_after_unit": "EPOCH"}}, "2e",
      "the text encoders' stops differ (after 2e, after 5e); both stop as the first says"),
-    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE",  # (Python's None was said for the one that never stops)
+    ({"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder_layer_skip": 0,  # (Python's None was said for
+      # the one that never stops)
       "text_encoder": {"train": True, "stop_training_after": 0, "stop_training_after_unit": "NEVER"},
       "text_encoder_2": {"train": True, "stop_training_after": 200, "stop_training_after_unit": "STEP"}}, None,
      "the text encoders' stops differ (never, after 200); both stop as the first says"),
@@ -391,12 +393,14 @@ def test_onetrainers_timestep_distribution_is_carried(tmp_path, settings, expect
 ])
 def test_sdxls_two_text_encoders_train_as_onetrainer_says(tmp_path, encoders, expected):
     path = onetrainer_folder(tmp_path)
-    doc = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "base_model_name": "tiny-sdxl"} | encoders
+    doc = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "base_model_name": "tiny-sdxl",
+                    "text_encoder_layer_skip": 0} | encoders
     values, notes = translate_onetrainer(doc, path)
     assert {key: values[key] for key in ("text_encoder_lr", "text_encoder_2_lr") if key in values} == expected
     assert values["train_text_encoder"] is True
     assert not [note for note in notes if note.startswith("text_encoder_2.train")]  # (the config says it)
-    older = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder": {"train": False}}
+    older = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder": {"train": False},
+                      "text_encoder_layer_skip": 0}
     values, notes = translate_onetrainer(older, path)  # no word of the second: OneTrainer trains it, and says not
     assert values["text_encoder_2_lr"] > 0 and any(note.startswith("text_encoder_2.train: not in the config, so "
                                                                    "OneTrainer's default (true)") for note in notes)
@@ -809,3 +813,19 @@ def test_a_sample_prompt_given_beside_a_onetrainer_config_replaces_its_samples_a
     output = tomllib.loads(captured.out.split("\n", 1)[1])["output"]
     assert (output["sample_prompts"], output["sample_every"]) == (["a cat"], "2")
     assert "samples.json" not in captured.err
+
+
+def test_the_text_encoders_layer_skips_are_read_for_the_model_type_that_reads_them(tmp_path):
+    """SDXL's skip (OneTrainer reads that many layers before the penultimate one) was kohya's clip skip, refused as
+    a --clip-skip never typed; SD1.5 took a second encoder's skip, left from another model type, as its own."""
+    path = onetrainer_folder(tmp_path)
+    sd15 = CONFIG | {"text_encoder_layer_skip": 0, "text_encoder_2_layer_skip": 1}
+    assert "clip_skip" not in translate_onetrainer(sd15, path)[0]
+    assert translate_onetrainer(CONFIG, path)[0]["clip_skip"] == 2
+    sdxl = CONFIG | {"model_type": "STABLE_DIFFUSION_XL_10_BASE", "text_encoder_layer_skip": 0,
+                     "text_encoder_2_layer_skip": 1}
+    with pytest.raises(LowvramError) as error:
+        translate_onetrainer(sdxl, path)
+    assert str(error.value) == (
+        f"{path}: text_encoder_2_layer_skip: 1: OneTrainer reads SDXL's text encoder that many layers before the "
+        "penultimate one, as lowvram and kohya never do; set it to 0")
