@@ -573,7 +573,7 @@ def _run_command(argv: list[str] | None) -> int:
         elif args.command == "info":
             from lowvram.info import print_info
 
-            print_info(args.file, args.json, args.strip_paths, args.strip_captions)
+            return 0 if print_info(args.file, args.json, args.strip_paths, args.strip_captions) else 1
         elif args.command == "extract":
             from lowvram.extract import run, summary
 

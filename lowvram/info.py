@@ -215,7 +215,8 @@ def without_captions(metadata: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -> None:
+def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -> bool:
+    """Print what the file holds; whether it is a LoRA (a script's `lowvram info FILE || ...` tells one so)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -229,11 +230,12 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
               else f"{path}: no {what.removeprefix('a ')} in its metadata; unchanged",
               file=sys.stderr if as_json else sys.stdout)  # (--json: stdout holds the JSON alone, for a script)
     info = describe(path)
+    is_lora = info["network"] != "unknown" and not info["checkpoint"]
     options = info["network_options"]
     refused = options and network_weights_problem(NetworkConfig(**options, network_weights=str(path)))
     if as_json:  # (its network options then no flags to train it on with: said as the text says it)
         print(json.dumps(info | {"network_weights_refused": refused or None}, indent=2))
-        return
+        return is_lora
     console = Console()
     ranks = info["ranks"]
     each = ", ".join(f"{rank} ({count} module{'s' * (count > 1)})" for rank, count in ranks.items())
@@ -285,7 +287,7 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
                       f"{info['addnet_hash'][:12]} (AUTOMATIC1111's, of its tensors){state}", soft_wrap=True)
     if not info["metadata"]:
         console.print("no metadata (the file says nothing of how it was trained)")
-        return
+        return is_lora
     table = Table(title="metadata")
     table.add_column("key", overflow="fold")  # folded in a narrow terminal, rather than squeezing the values out
     table.add_column("value", min_width=12, overflow="fold")
@@ -304,6 +306,7 @@ def print_info(path: Path, as_json: bool, strip: bool, captions: bool = False) -
     if info["private_paths"]:
         console.print(f"[yellow]{len(info['private_paths'])} local folder(s) in the metadata (e.g. "
                       f"{info['private_paths'][0]}); lowvram info --strip-paths {path} removes them[/]", soft_wrap=True)
+    return is_lora
 
 
 LONG_VALUE = 400  # characters of a metadata value the table shows

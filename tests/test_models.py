@@ -179,10 +179,10 @@ def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_p
                                     "checkpoint (as in models/checkpoints) or a diffusers folder")
     assert "images usable" not in captured.out + captured.err
     # given where a LoRA goes, it is still named as the model it is
-    assert main(["info", str(path)]) == 0
+    assert main(["info", str(path)]) == 1
     assert (f"unet.safetensors: a {model.family.title} U-Net alone (as ComfyUI's models/unet files are), not a LoRA "
             "(for train and generate, give the full checkpoint it came from as --model)") in capsys.readouterr().out
-    assert main(["info", str(path), "--json"]) == 0
+    assert main(["info", str(path), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["unet_alone"] is True
     assert main(["generate", "--model", name, "--lora", str(path), "--prompt", "x"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -192,7 +192,7 @@ def test_a_u_net_alone_is_refused_by_its_header_before_the_dataset_is_read(tmp_p
     save_file({k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(path)).items()}, str(path))
     assert main(["train", "--model", str(path), "--data", "sample", "--max-steps", "1"]) == 2
     assert "U-Net alone (as ComfyUI's models/unet files are), without its VAE" in capsys.readouterr().err
-    assert main(["info", str(path)]) == 0
+    assert main(["info", str(path)]) == 1
     assert f"a {model.family.title} U-Net alone (as ComfyUI's models/unet files are)" in capsys.readouterr().out
 
 

@@ -385,7 +385,7 @@ def test_files_that_are_no_kohya_lora_are_named_for_what_they_are_by_every_comma
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert said in err and str(path) in err and len(err.strip().splitlines()) == 1, (argv, err)
-    assert main(["info", str(tmp_path / "embedding.safetensors")]) == 0
+    assert main(["info", str(tmp_path / "embedding.safetensors")]) == 1
     assert says["embedding"] in " ".join(capsys.readouterr().out.split())
     # diffusers' older layouts (attention processors' to_q_lora, text encoders' lora_linear_layer): LoRAs, not
     # 'unknown' of twice their modules

@@ -341,23 +341,23 @@ def test_info_counts_the_modules_of_a_diffusers_layout_lora_as_of_kohyas(tmp_pat
     flux = {key.replace("unet.down_blocks.0.attentions.0", "transformer.single_transformer_blocks.0"): value
             for key, value in tensors.items()}
     save_file(flux, str(tmp_path / "flux.safetensors"))
-    assert main(["info", str(tmp_path / "flux.safetensors")]) == 0
+    assert main(["info", str(tmp_path / "flux.safetensors")]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "flux.safetensors: no layers lowvram reads: it is a LoRA of another kind of model" in out, out
     save_file({"a.weight": torch.zeros(4, 4)}, str(tmp_path / "other.safetensors"))  # (no advice for training: a
-    assert main(["info", str(tmp_path / "other.safetensors")]) == 0  # LoRA file given where a model goes)
+    assert main(["info", str(tmp_path / "other.safetensors")]) == 1  # LoRA file given where a model goes)
     assert "other.safetensors: no layers lowvram reads: no LoRA, DoRA, LoHa or LoKr layers, 16 parameters (F32)" in \
         " ".join(capsys.readouterr().out.split())
     from lowvram.models.loading import load_model
 
     vae = {key: value.contiguous() for key, value in load_model("tiny").vae.state_dict().items()}
     save_file(vae, str(tmp_path / "vae.safetensors"))  # ComfyUI's models/vae file, named as train names it
-    assert main(["info", str(tmp_path / "vae.safetensors")]) == 0
+    assert main(["info", str(tmp_path / "vae.safetensors")]) == 1
     assert "vae.safetensors: a VAE, not a LoRA (for train and generate, give it as --vae)" in \
         " ".join(capsys.readouterr().out.split())
     save_file({"shared.weight": torch.zeros(4, 4), "encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)},
               str(tmp_path / "t5xxl.safetensors"))  # a T5 text encoder's encoder.* is no VAE's
-    assert main(["info", str(tmp_path / "t5xxl.safetensors")]) == 0
+    assert main(["info", str(tmp_path / "t5xxl.safetensors")]) == 1
     assert "a VAE" not in capsys.readouterr().out
 
 
@@ -440,11 +440,11 @@ def test_info_names_a_base_model_checkpoint_as_one(tmp_path, capsys):
     model = load_model("tiny")
     path = tmp_path / "model.safetensors"
     save_file(sd15_single_file(model.unet, model.vae, model.pipeline.text_encoder), str(path))
-    assert main(["info", str(path)]) == 0
+    assert main(["info", str(path)]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert ("model.safetensors: a tiny SD (random weights) model checkpoint, not a LoRA (for train and generate, "
             "give it as --model)") in out
-    assert main(["info", str(path), "--json"]) == 0
+    assert main(["info", str(path), "--json"]) == 1
     shown = json.loads(capsys.readouterr().out)
     assert (shown["checkpoint"], shown["unet_alone"]) == ("tiny SD (random weights)", False)
 
