@@ -339,8 +339,9 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
     values, note = without_preset_rates(values, layers[0], layers[1:])
     if note:
         print(note, file=sys.stderr)
-    for name in ("reg_data", "validation_data", "network_weights"):  # `--reg-data ""`: none, over a config's (as
-        if flags.get(name) == "":                                     # kohya reads an empty reg_data_dir)
+    # `--reg-data ""`: none, over a config's (as kohya reads an empty reg_data_dir); a VAE another machine's config
+    for name in ("reg_data", "validation_data", "network_weights", "vae"):  # names: the model's own
+        if flags.get(name) == "":
             values.pop(name, None)
     kept = values.get("keep_tokens")
     values = without_idle_kept_tags(values, typed=flags)  # a file's kept tags, idle: not the user's error

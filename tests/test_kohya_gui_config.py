@@ -348,6 +348,13 @@ def test_the_gui_s_epochs_are_the_steps_kohya_ss_counts_from_its_images(tmp_path
     values = train_values(args)
     assert "reg_data" not in values and values["max_steps"] == 167
     assert build_config(values).data.reg_data is None
+    # so does an empty --vae, --network-weights: another machine's files the config names (they were "empty")
+    (tmp_path / "other.json").write_text(json.dumps(STANDARD | gui | {
+        "vae": "C:\\Users\\me\\vae.safetensors", "network_weights": "C:\\Users\\me\\old.safetensors"}))
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "other.json"), "--vae", "",
+                                      "--network-weights", ""])
+    config = build_config(train_values(args))
+    assert (config.model.vae, config.network.network_weights) == (None, None)
     # the command line's length: the GUI's 10 % of it (it was 10 % of the GUI's 167 steps: 17 of a 4-step run)
     for length in (["--max-steps", "4"], ["--epochs", "1"]):
         args = build_parser().parse_args(["train", "--config", str(tmp_path / "gui.json"), *length])
