@@ -89,7 +89,10 @@ def network_settings(left: dict[str, Any], notes: list[str], problem) -> dict[st
         if values["network"] in ("loha", "lokr") and left.pop("network_dropout", None):
             notes.append(f"network_dropout: LyCORIS's {algo} has no dropout of its own and ignores it; not carried "
                          "over (module_dropout in network_args leaves out whole layers)")
-        args.pop("wd_on_output", None)  # lowvram's DoRA (peft's) is on the output axis
+        on_output = str(args.pop("wd_on_output", "true")).lower()  # (LyCORIS's default now; an older one's was false)
+        if values["network"] == "dora" and on_output in ("false", "0"):  # (it trained on the output axis, unsaid)
+            problem("network_args wd_on_output", "False: LyCORIS's DoRA on the input axis (one norm per input "
+                    "column) is not one lowvram trains (peft's DoRA keeps one per output row); set wd_on_output=True")
     else:
         problem("network_module", f"'{module}' is not a network lowvram trains (networks.lora, or lycoris.kohya with "
                 f"algo {', '.join(LYCORIS_ALGOS)})")

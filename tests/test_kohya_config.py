@@ -157,6 +157,7 @@ def test_kohyas_locon_without_a_conv_alpha_takes_kohyas_default_of_one(tmp_path)
     (["algo=lokr", "factor=8", "preset=attn-only"], "lokr", "attn", {"lokr_factor": 8}),
     (["algo=loha", "preset=unet-transformer-only"], "loha", "attn-mlp", {"train_text_encoder": False}),
     (["algo=lora", "dora_wd=True", "wd_on_output=True"], "dora", "full", {}),
+    (["algo=locon", "dora_wd=True"], "dora", "full", {}),  # (LyCORIS's default now: on the output axis)
 ])
 def test_lycoris_networks_carry_over(tmp_path, args, network, layers, extra):
     values = values_of(tmp_path, {"train_data_dir": "sample", "network_module": "lycoris.kohya", "network_dim": 8,
@@ -196,6 +197,20 @@ def test_what_lowvram_cannot_train_as_kohya_would_is_refused_one_line_each(tmp_p
                 ("train_text_encoder: lowvram's name, which a kohya config does not read; lowvram's own config has it "
                  "under [network]")]
     assert_one_line_each(str(error.value), "kohya.toml: ", expected)
+
+
+def test_a_dora_on_the_input_axis_is_refused_not_trained_on_the_output_one(tmp_path):
+    """LyCORIS's wd_on_output=False (an older LyCORIS's default) keeps one norm per input column: it trained on the
+    output axis, and the file's ss_network_args said wd_on_output True."""
+    settings = {"network_module": "lycoris.kohya", "network_dim": 8,
+                "network_args": ["algo=locon", "dora_wd=True", "wd_on_output=False"]}
+    with pytest.raises(LowvramError) as error:
+        translate(settings, Path("kohya.toml"))
+    assert str(error.value) == (
+        "kohya.toml: network_args wd_on_output: False: LyCORIS's DoRA on the input axis (one norm per input column) is "
+        "not one lowvram trains (peft's DoRA keeps one per output row); set wd_on_output=True")
+    assert translate({**settings, "network_args": ["algo=locon", "wd_on_output=False"]}, Path("kohya.toml"))[0][
+        "network"] == "lora"  # (no DoRA: the axis of nothing)
 
 
 def test_a_cosine_annealing_schedule_over_the_whole_run_is_lowvrams_cosine_with_its_floor(tmp_path):
