@@ -674,6 +674,8 @@ def _unpack_hint(path: Path, flag: str = "--data") -> str:
                 f"in its names: unzip {shell_line(path)} -d {shell_line(folder)}, then give the folder of its "
                 "N_name folders")
     inside = zip_folder(path) if module == "zipfile" else None
+    if inside and REPEAT_FOLDER.match(inside):  # one N_name folder: unpacked into a folder of the zip's name, the
+        inside = None  # kohya --data that holds it (it was unpacked among the zip's neighbours: a Drive's top folder)
     if inside:  # (Windows' "Compressed folder" and macOS' "Compress" keep the folder itself in the zip)
         folder = path.parent
     python = "python" if os.name == "nt" else "python3"

@@ -138,9 +138,12 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
                                  f"Face imagefolder; give its folder: --data '{captions.parent}'")
     # a dataset uploaded as an archive (a Colab user's zip on Drive): how to unpack it, then the --data that follows
     # (its contents at the top, or the folder itself inside it, as Windows' "Compressed folder" and macOS make it)
-    for archive, inside in ((tmp_path / "my dataset.zip", None), (tmp_path / "zipped" / "sample.zip", sample_data.name)):
+    # (one N_name folder zipped: unpacked into a folder of the zip's name, not among the zip's neighbours)
+    for archive, inside in ((tmp_path / "my dataset.zip", None), (tmp_path / "zipped" / "sample.zip", sample_data.name),
+                            (tmp_path / "drive" / "char set.zip", "5_lvshape")):
         archive.parent.mkdir(exist_ok=True)
-        shutil.make_archive(str(archive.with_suffix("")), "zip", sample_data.parent if inside else sample_data, inside)
+        shutil.make_archive(str(archive.with_suffix("")), "zip", sample_data if inside == "5_lvshape" else
+                            sample_data.parent if inside else sample_data, inside)
         if inside:  # as macOS' Compress makes it: its __MACOSX/ beside the folder
             with zipfile.ZipFile(archive, "a") as zipped:
                 zipped.writestr(f"__MACOSX/{inside}/._a.png", b"\0\5\26\7")
@@ -150,6 +153,7 @@ def test_a_file_where_a_folder_or_a_safetensors_name_belongs_is_named(tmp_path, 
         subprocess.run([sys.executable, *shlex.split(command)[1:]], check=True)
         assert main(["check-data", "--model", "tiny", *shlex.split(data)]) == 0, unpack
         capsys.readouterr()
+    assert sorted(path.name for path in (tmp_path / "drive").iterdir()) == ["char set", "char set.zip"]
     lora = train(run_config(output=str(tmp_path / "run"), max_steps=1)).lora_path
     capsys.readouterr()
     # extract too (it wrote one, which lowvram then refused as a pickle); a UI's loras/ folder is named as one (it
