@@ -228,6 +228,8 @@ def _file_problems(c: RunConfig) -> list[str]:
         p.append(f"--reg-data: folder not found: {c.data.reg_data}{not_found_hint(c.data.reg_data)}")
     elif c.data.reg_data is not None and c.data.data and Path(c.data.data).is_dir():
         p += filter(None, [_overlap(Path(c.data.data).resolve(), Path(c.data.reg_data).resolve())])
+    elif c.data.reg_data is not None and is_dataset_file(c.data.data):
+        p += filter(None, [_file_overlap(Path(c.data.data), Path(c.data.reg_data).resolve())])
     return p
 
 
@@ -258,8 +260,27 @@ def _overlap(data: Path, reg: Path) -> str | None:
                  f"holds --data's folder {data} in its class-image folder {images}")
     else:
         return None
-    return (f"--reg-data: {reg} {where}; the class images (other dogs for a LoRA of one dog, other paintings for a "
-            "style) go in a folder of their own beside it")
+    return f"--reg-data: {reg} {where}; {OWN_FOLDER}"
+
+
+OWN_FOLDER = ("the class images (other dogs for a LoRA of one dog, other paintings for a style) go in a folder of "
+              "their own beside it")
+
+
+def _file_overlap(dataset: Path, reg: Path) -> str | None:
+    """--reg-data that is, holds or lies in an image folder of --data's dataset file: its images would train as the
+    subject and, under its captions, as class images too (warned of as copies of themselves)."""
+    try:
+        folders = [subset.folder.resolve() for subset in read_dataset(dataset).folders()]
+    except (LowvramError, OSError):  # (said by the dataset's own checks)
+        return None
+    for folder in folders:
+        where = ("is" if reg == folder else f"holds {folder}," if folder.is_relative_to(reg) else
+                 f"is inside {folder}," if reg.is_relative_to(folder) else None)
+        if where:
+            return (f"--reg-data: {reg} {where} an image folder of {dataset}, whose images all train as the subject; "
+                    f"{OWN_FOLDER}")
+    return None
 
 
 def _data_problems(c: RunConfig) -> list[str]:

@@ -514,6 +514,27 @@ def test_class_images_among_the_subjects_images_are_refused(tmp_path, monkeypatc
         build_config(values)
 
 
+@pytest.mark.parametrize("reg, refused", [
+    ("img/20_ohwx woman", "is an image folder of"), ("img", "holds {folder}, an image folder of"),
+    ("img/20_ohwx woman/sub", "is inside {folder}, an image folder of"), ("reg", None)])
+def test_class_images_among_a_dataset_files_images_are_refused(tmp_path, monkeypatch, reg, refused):
+    """A kohya dataset file as --data, its training folder as --reg-data: the subject's images trained under their
+    captions as class images too, warned of as "copies of training images" (/a.jpg is /a.jpg)."""
+    for folder in ("img/20_ohwx woman/sub", "reg/1_woman"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "ds.toml").write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'img/20_ohwx woman'\n")
+    monkeypatch.chdir(tmp_path)
+    values = {"model": "tiny", "data": "ds.toml", "reg_data": reg}
+    if refused is None:
+        assert build_config(values).data.reg_data
+        return
+    with pytest.raises(LowvramError) as error:
+        build_config(values)
+    folder = tmp_path / "img" / "20_ohwx woman"
+    assert str(error.value).startswith(f"--reg-data: {tmp_path / reg} {refused.format(folder=folder)} "
+                                       f"{tmp_path / 'ds.toml'}, whose images all train as the subject; ")
+
+
 def test_class_images_given_as_a_file_say_what_to_give(tmp_path, monkeypatch):
     """--reg-data naming a file said "folder not found: ds.toml (did you mean ds.toml?)"."""
     import zipfile
