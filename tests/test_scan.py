@@ -826,3 +826,16 @@ def test_no_bucket_says_the_square_crops_that_keep_little(tmp_path):
     crops = {r.relpath: [note for note in r.notes if "cropped" in note] for r in report.usable}
     assert crops == {"1000x1000.jpg": [], "1500x1000.jpg": [], "1920x1080.jpg": [
         "cropped to its bucket 512x512, keeping 56% of the image (crop or split it to train all of it)"]}
+
+
+def test_a_caption_of_nothing_but_commas_is_an_empty_one(tmp_path):
+    """A tagger's output emptied by hand (" , ,\\t"): ", ," trained as the caption, the folder's template unused."""
+    (tmp_path / "ds" / "5_ohwx cat").mkdir(parents=True)
+    for name, text in (("commas", " , ,\t\r\n,\n"), ("tags", "ohwx cat, ,orange,\n")):
+        drawn().save(tmp_path / "ds" / "5_ohwx cat" / f"{name}.png")
+        (tmp_path / "ds" / "5_ohwx cat" / f"{name}.txt").write_text(text)
+    report = scan_dataset(tmp_path / "ds", TINY)
+    records = {r.relpath.split("/")[-1]: r for r in report.usable}
+    assert records["commas.png"].caption == "ohwx cat"
+    assert records["commas.png"].notes == ("caption commas.txt holds nothing but commas: template used: 'ohwx cat'",)
+    assert records["tags.png"].caption == "ohwx cat, ,orange,"  # (tags: as written, its empty tag said elsewhere)

@@ -76,9 +76,11 @@ def read_caption_file(image: Path, extension: str) -> tuple[str | None, list[str
         shown = "".join(char if char.isprintable() else "?" for char in " ".join(decoded.split()))
         shown = shown if len(shown) <= 40 else shown[:39] + "…"
         notes.append(f"caption not UTF-8: read as {read_as}, '{shown}' (save {found[0].name} as UTF-8 to be sure)")
-    text = "\n".join(line.strip() for line in decoded.splitlines() if line.strip()) or None
+    # (a line of nothing but separators, a tagger's output emptied by hand: ", ," trained as the caption)
+    text = "\n".join(line.strip() for line in decoded.splitlines() if line.replace(",", " ").strip()) or None
     if text is None:
-        notes.append("empty caption file: template used")
+        notes.append("empty caption file: template used" if not decoded.strip() else
+                     f"caption {found[0].name} holds nothing but commas: template used")
     return text, notes, non_utf8
 
 
