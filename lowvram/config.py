@@ -73,7 +73,8 @@ CAPTION_SUFFIXES = (".txt", ".caption")  # caption files read beside an image, i
 # the image files a dataset trains on, by suffix, with the Pillow formats each may decode as (a phone's JPEG as MPO)
 IMAGE_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",),
                  ".bmp": ("BMP", "DIB"), ".jfif": ("JPEG",),  # (.jfif: the JPEGs Windows' browsers save)
-                 ".tif": ("TIFF",), ".tiff": ("TIFF",)}  # (a scanner's, a painting program's: OneTrainer's too)
+                 ".tif": ("TIFF",), ".tiff": ("TIFF",),  # (a scanner's, a painting program's: OneTrainer's too)
+                 ".avif": ("AVIF",)}  # (a web page's images, saved; Pillow 11.3's wheels and later decode it)
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # a folder's captions, as Hugging Face's imagefolder keeps them
 MASK_SUFFIX = "-masklabel.png"  # OneTrainer's loss masks: <image stem>-masklabel.png beside the image, never an image

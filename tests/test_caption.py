@@ -465,7 +465,7 @@ def test_a_kohya_ss_project_folder_names_the_folders_to_caption(tmp_path, tagger
             Image.new("RGB", (96, 96), (1, 2, 3)).save(project / folder / "a.png")
     assert main(["caption", str(project), "--caption-model", str(tagger)]) == 2
     assert capsys.readouterr().err.strip().endswith(
-        f"DIR: no images (.png, .jpg, .jpeg, .webp, .bmp, .jfif, .tif, .tiff) in {project} or its N_name "
+        f"DIR: no images (.png, .jpg, .jpeg, .webp, .bmp, .jfif, .tif, .tiff, .avif) in {project} or its N_name "
         f"subfolders; its N_name folders are a level down: caption {project / 'img'}")
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from lowvram.data.buckets import default_buckets
 from lowvram.data.folders import ScanOptions
-from lowvram.data.image_files import HEIC_CONVERTERS, SUPPORTED
+from lowvram.data.image_files import HEIC_CONVERTERS, SUPPORTED, _reads_avif
 from lowvram.data.scan import NoUsableImages, open_training_image, scan_dataset
 from lowvram.errors import LowvramError
 
@@ -633,7 +633,24 @@ def test_a_phones_heic_photo_is_named_and_a_jpeg_named_heic_is_told_to_be_rename
         "IMG_1236.heic": f"unsupported format: .heic files can't be read; convert it to one of {SUPPORTED} (on a Mac: "
                          "sips -s format jpeg IMG.HEIC --out IMG.jpg; on Linux: heif-convert; or set the phone to its "
                          "most compatible format)",
-        "web.png": f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"}
+        "web.png": "unreadable: an AVIF image whose content its decoder does not take; re-download or re-export it"
+                   if _reads_avif() else f"unsupported format: it is an AVIF image, which this Pillow "
+                   f"({Image.__version__}) cannot read: pip install -U pillow (11.3 or later reads it), or convert it "
+                   f"to one of {SUPPORTED}"}
+
+
+@pytest.mark.skipif(not _reads_avif(), reason="this Pillow has no AVIF decoder")
+def test_an_avif_image_trains_where_pillow_reads_it(tmp_path):
+    """A web page's images saved as .avif (Pillow's wheels decode them from 11.3, kohya's with its plugin) were
+    skipped as "can't be read"; one named .jpg was "a AVIF file"."""
+    (tmp_path / "ds").mkdir()
+    drawn().save(tmp_path / "ds" / "web.avif")
+    drawn().save(tmp_path / "ds" / "saved.jpg", "AVIF")
+    report = scan_dataset(tmp_path / "ds", TINY)
+    assert sorted(r.relpath for r in report.usable) == ["saved.jpg", "web.avif"] and not report.skipped
+    assert "is an AVIF file despite its .jpg name" in {r.relpath: r for r in report.usable}["saved.jpg"].notes
+    image, _ = open_training_image(report.usable[0])
+    assert image.mode == "RGB" and image.size == (report.usable[0].width, report.usable[0].height)
 
 
 def test_a_tiff_of_any_kind_trains_as_onetrainer_trains_it(tmp_path):

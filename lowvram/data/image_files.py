@@ -20,7 +20,7 @@ from PIL import Image
 from lowvram.config import IMAGE_FORMATS, IMAGE_SUFFIXES
 
 PIL_FORMATS = tuple(dict.fromkeys(formats[0] for formats in IMAGE_FORMATS.values()))  # Pillow decoders tried
-UNSUPPORTED_SUFFIXES = (".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".svg",
+UNSUPPORTED_SUFFIXES = (".gif", ".heic", ".heif", ".jxl", ".jp2", ".psd", ".svg",
                         ".ico", ".tga", ".exr", ".dng", ".raw", ".cr2", ".nef", ".arw")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -120,14 +120,29 @@ def _unidentified(data: bytes) -> str:
     """An image of another format behind a supported name, or not an image at all."""
     actual = _format_of(data)
     if actual:
-        return f"unsupported format: it is a {actual} file; convert it to one of {SUPPORTED}"
+        return f"unsupported format: it is {a_or_an(actual)} {actual} file; convert it to one of {SUPPORTED}"
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # (Pillow has no decoder: its bytes said, unread)
         size = int.from_bytes(data[:4], "big")  # the ftyp box: its brands, an AVIF's among them after mif1
+        if (b"avif" in data[8:size] or HEIF_BRANDS[data[8:12]] == "AVIF") and _reads_avif():
+            return "unreadable: an AVIF image whose content its decoder does not take; re-download or re-export it"
         if b"avif" in data[8:size] or HEIF_BRANDS[data[8:12]] == "AVIF":
-            return f"unsupported format: it is an AVIF image, whatever its name says; convert it to one of {SUPPORTED}"
+            return (f"unsupported format: it is an AVIF image, which this Pillow ({Image.__version__}) cannot read: "
+                    f"pip install -U pillow (11.3 or later reads it), or convert it to one of {SUPPORTED}")
         return (f"unsupported format: it is a {HEIF_BRANDS[data[8:12]]} photo (a phone's), whatever its name says; "
                 f"convert it to one of {SUPPORTED} ({HEIC_CONVERTERS})")
     return f"not an image: no image decoder recognises its content ({data[:12]!r}...); delete or re-export it"
+
+
+def _reads_avif() -> bool:
+    """Whether this Pillow decodes AVIF (its wheels do from 11.3; an older one knows no such feature)."""
+    from PIL import features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(features.check("avif"))
+        except (ValueError, KeyError):
+            return False
 
 
 def _format_of(data: bytes) -> str | None:
@@ -141,6 +156,11 @@ def _format_of(data: bytes) -> str | None:
         return None
 
 
+def a_or_an(name: str) -> str:
+    """The article before a format's name as it is read out: an AVIF, an MPO (letter by letter), a PNG, a HEIC."""
+    return "an" if name[:1] in "AEIOU" or name == "MPO" else "a"
+
+
 def unsupported_suffix_reason(path: Path) -> str:
     """Why a file of an unsupported suffix (.heic, .gif) is skipped: its format, or a supported image behind a
     phone's name (a JPEG renamed .heic, as a share sheet or a student does), which a rename makes usable."""
@@ -151,7 +171,8 @@ def unsupported_suffix_reason(path: Path) -> str:
     actual = _format_of(head) if head else None
     supported = next((suffix for suffix, formats in IMAGE_FORMATS.items() if actual in formats), None)
     if supported:
-        return f"unsupported name: it is a {actual} file named {path.suffix}; rename it {path.stem}{supported}"
+        return (f"unsupported name: it is {a_or_an(actual)} {actual} file named {path.suffix}; rename it "
+                f"{path.stem}{supported}")
     how = f" ({HEIC_CONVERTERS})" if path.suffix.lower() in (".heic", ".heif") else ""
     return f"unsupported format: {path.suffix.lower()} files can't be read; convert it to one of {SUPPORTED}{how}"
 

@@ -55,6 +55,7 @@ from lowvram.data.image_files import (
     ALPHA_MODES,
     PIL_FORMATS,
     UNSUPPORTED_SUFFIXES,
+    a_or_an,
     file_facts,
     to_grey,
     to_rgb,
@@ -523,7 +524,7 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
         notes.append(f"cropped to its bucket {placement.bucket[0]}x{placement.bucket[1]}, keeping "
                      f"{placement.kept_fraction:.0%} of the image (crop or split it to train all of it)")
     if facts["format"] and facts["format"] not in IMAGE_FORMATS.get(suffix, ()):
-        notes.append(f"is a {facts['format']} file despite its {suffix} name")
+        notes.append(f"is {a_or_an(facts['format'])} {facts['format']} file despite its {suffix} name")
     if facts.get("frames", 1) > 1:  # (an animated WebP, a TIFF of several pages: decoded, its first frame alone)
         notes.append(f"{facts['frames']} frames (animated, or pages): the first trains")
     return None, placement.bucket, notes
