@@ -58,7 +58,7 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> int:
     from lowvram.plan import plan_cards, plan_options, planning_values
     from lowvram.plan.report import cards_json, plan_json, print_cards, print_plan
 
-    values = train_values(args)
+    values = with_recipe_family(train_values(args), args.config)
     build_config(planning_values(values))  # option errors before looking at a GPU
     hardware = hardware_for(args.profile, args.vram, args.ram)
     console = log_console(stderr=args.json)
@@ -267,16 +267,22 @@ def check_values(args: argparse.Namespace) -> dict:
     if not values.get("data"):
         raise LowvramError(f"the dataset is required: lowvram check-data DIR ({args.config} names none)")
     values.setdefault("model", PLANNING_MODEL)
-    model = str(values["model"])
-    recipe = (kohya_recipe(args.config) or onetrainer_recipe(args.config)) if getattr(args, "config", None) else None
+    return with_recipe_family(values, getattr(args, "config", None))
+
+
+def with_recipe_family(values: dict, config: Path | None) -> dict:
+    """`values` with the family a kohya or OneTrainer config's recipe says, where its model is a hub id not known
+    offline (runwayml/stable-diffusion-v1-5): all check-data and plan need of the model."""
+    model = str(values.get("model") or "")
+    recipe = (kohya_recipe(config) or onetrainer_recipe(config)) if config else None
     if recipe and recipe[0] is not None and model not in FAMILIES and not expand_home(model).exists() \
             and "model_family" not in values:
         from lowvram.models.detect import detect_family
 
         try:
             detect_family(model)  # (a hub id known offline, or found: its own family, as training reads it)
-        except LowvramError:  # a hub id the config names (runwayml/stable-diffusion-v1-5), offline: its recipe
-            values["model_family"] = "sdxl" if recipe[0] else "sd15"  # says the family, all check-data needs of it
+        except LowvramError:
+            return values | {"model_family": "sdxl" if recipe[0] else "sd15"}
     return values
 
 

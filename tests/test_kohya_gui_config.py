@@ -449,6 +449,9 @@ def test_check_data_takes_a_gui_configs_hub_model_offline_by_its_sdxl_switch(tmp
                                                  "train_data_dir": str(sample_data), "max_resolution": ""}))
         assert main(["check-data", "--config", str(config)]) == 0, capsys.readouterr().err
         assert "images usable" in "".join(capsys.readouterr())
+        # and plan, which stopped at the hub id a OneTrainer config of SD1.5 names too
+        assert main(["plan", "--config", str(config), "--vram", "6GB", "--json"]) in (0, 1), capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["model_family"] == ("sdxl" if sdxl else "sd15")
     # a hub id known offline keeps its own family (the switch the other way: the family the model has, as training)
     config.write_text(json.dumps(STANDARD | {"pretrained_model_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0",
                                              "sdxl": False, "train_data_dir": str(sample_data), "max_resolution": ""}))
