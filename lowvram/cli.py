@@ -377,11 +377,15 @@ def train_values(args: argparse.Namespace, unread: Collection[str] = ()) -> dict
 
 def _models_resolution(values: dict) -> int | None:
     """The resolution the model trains at, no --resolution given (check-data's model: SD1.5's); None where its
-    family is not known yet (said where the run checks its model)."""
-    from lowvram.models.detect import detect_family
+    family is not known yet (said where the run checks its model), or only the hub would say it (looked up where
+    the run looks its model up, once)."""
+    from lowvram.models.detect import detect_family, is_plainly_local
 
+    model, family = str(values.get("model") or PLANNING_MODEL), values.get("model_family")
+    if not (family or model in FAMILIES or is_plainly_local(model) or expand_home(model).exists()):
+        return None
     try:
-        return detect_family(str(values.get("model") or PLANNING_MODEL), values.get("model_family")).resolution
+        return detect_family(model, family).resolution
     except LowvramError:
         return None
 
@@ -414,8 +418,9 @@ def dataset_replaced_note(data: str | None, config: Path, config_values: dict, f
 
 
 def bucket_sides_note(values: dict, typed: Collection[str] = ()) -> None:
-    """Bucket sides a --resolution given lies outside, as kohya refuses them: a smallest side above it is said (a
-    kohya_ss GUI config keeps its 256 px minimum at any resolution: the square bucket alone is left); a largest side
+    """Bucket sides the resolution (given, or the model's own) lies outside, as kohya refuses them: a smallest side
+    above it is said (a kohya_ss GUI config keeps its 256 px minimum at any resolution: the square bucket alone is
+    left); a largest side
     below it is refused (a dataset file's max_bucket_reso kept under a --resolution given over its own trained every
     image smaller than the resolution its metadata names)."""
     # (a malformed value, or none given, is the config's to refuse or fill in)
@@ -580,7 +585,8 @@ def _run_command(argv: list[str] | None) -> int:
         elif args.command == "info":
             from lowvram.info import print_info
 
-            return 0 if print_info(args.file, args.json, args.strip_paths, args.strip_captions) else 1
+            lora = print_info(args.file, args.json, args.strip_paths, args.strip_captions)
+            return 0 if lora or args.strip_paths or args.strip_captions else 1  # (a rewrite asked for: done)
         elif args.command == "extract":
             from lowvram.extract import run, summary
 

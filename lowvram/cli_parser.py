@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", allow_abbrev=False, help="show a LoRA file's network and metadata",
                           description="Show what a LoRA .safetensors file (lowvram's, kohya's or another trainer's) "
                           "holds: its network type, layers and metadata, reading only its header. Exits 1 where it "
-                          "holds no LoRA (a model, a checkpoint's adapters, no layers lowvram reads).")
+                          "holds no LoRA (a model, a checkpoint's adapters, no layers lowvram reads) and no rewrite "
+                          "was asked for.")
     info.add_argument("file", type=Path, metavar="FILE")
     info.add_argument("--json", action="store_true", help="print it as JSON")
     info.add_argument("--strip-paths", action="store_true", help="first rewrite the file (atomically, same tensors) "

@@ -137,7 +137,12 @@ def _run_options(c: RunConfig) -> Path | None:
     """The options file lowvram wrote for the run a --resume names: in its checkpoint's run folder, or --output."""
     given = expand_home(c.training.resume)
     folder = given.parent.parent if given.parent.name == CHECKPOINTS else c.output_dir
-    path = options_path(folder, runs_name(folder) or c.output_name)
+    if (name := runs_name(folder)) is None:  # (a folder of no record: the options file it holds)
+        try:
+            return next((path for path in sorted(folder.glob("*.toml")) if is_options_file(path)), None)
+        except OSError:
+            return None
+    path = options_path(folder, name)
     return path if is_options_file(path) else None
 
 
@@ -268,15 +273,15 @@ OWN_FOLDER = ("the class images (other dogs for a LoRA of one dog, other paintin
 
 
 def _file_overlap(dataset: Path, reg: Path) -> str | None:
-    """--reg-data that is, holds or lies in an image folder of --data's dataset file: its images would train as the
-    subject and, under its captions, as class images too (warned of as copies of themselves)."""
+    """--reg-data that is an image folder of --data's dataset file, or holds one where its scan reads: its images
+    would train as the subject and, under its captions, as class images too (warned of as copies of themselves). A
+    subset reads its folder's own images (a recursive one's folders are each a subset): one inside it is no overlap."""
     try:
         folders = [subset.folder.resolve() for subset in read_dataset(dataset).folders()]
     except (LowvramError, OSError):  # (said by the dataset's own checks)
         return None
     for folder in folders:
-        where = ("is" if reg == folder else f"holds {folder}," if folder.is_relative_to(reg) else
-                 f"is inside {folder}," if reg.is_relative_to(folder) else None)
+        where = "is" if reg == folder else f"holds {folder}," if image_folder_holding(reg, folder) else None
         if where:
             return (f"--reg-data: {reg} {where} an image folder of {dataset}, whose images all train as the subject; "
                     f"{OWN_FOLDER}")

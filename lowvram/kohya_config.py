@@ -84,7 +84,7 @@ SAVE_PRECISIONS = {name: name for name in SAVE_PRECISION} | SAVE_PRECISION_ALIAS
 # settings that change nothing lowvram does: it always caches, picks its own loader and kernels, and logs to --output
 INERT = {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
          "max_data_loader_n_workers", "persistent_data_loader_workers", "logging_dir", "log_prefix", "log_with",
-         "log_tracker_name", "dynamo_backend", "lowram", "highvram", "epoch", "save_model_as",
+         "log_tracker_name", "lowram", "highvram", "epoch", "save_model_as",
          "save_state", "save_state_on_train_end", "full_fp16", "full_bf16", "no_half_vae",
          "enable_bucket", "mem_eff_attn", "lr_scheduler_args",
          "wandb_run_name", "wandb_api_key", "output_config", "ddp_timeout", "console_log_simple", "noise_offset_type"}
@@ -306,10 +306,11 @@ def translate(doc: dict[str, Any], path: Path, prompts: list[str] | None = None,
     if values.get("sample_every") and not values.get("sample_prompts") and not prompted:
         notes.append("sample_every_n_* is not carried over: no sample_prompts file to render")
         del values["sample_every"]
-    unknown = sorted(set(left) - INERT)
-    if str(left.get("dynamo_backend") or "no").lower() != "no":  # (kohya_ss writes "no" where it compiles nothing)
-        notes.append(f"dynamo_backend {left['dynamo_backend']} not carried over: lowvram's counterpart is "
+    backend = left.pop("dynamo_backend", None)
+    if str(backend or "no").lower() != "no":  # (kohya_ss writes "no" where it compiles nothing)
+        notes.append(f"dynamo_backend {backend} not carried over: lowvram's counterpart is "
                      f"{KOHYA_FLAGS['--dynamo_backend']}")
+    unknown = sorted(set(left) - INERT)
     if str(left.get("network_multiplier", 1)) in ("1", "1.0"):  # kohya's default: the strength trained here
         left.pop("network_multiplier", None)
         unknown = [key for key in unknown if key != "network_multiplier"]

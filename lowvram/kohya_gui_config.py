@@ -211,7 +211,8 @@ def _sd_scripts_settings(doc: dict[str, Any], problem, length_given: bool = Fals
     if not text_rate and unet_rate:  # a text-encoder rate of 0 beside a U-Net one: kohya_ss trains the U-Net alone
         settings |= {"network_train_unet_only": True}
     elif text_rate and not unet_rate:  # (kohya_ss trains the text encoder alone: its network_train_text_encoder_only)
-        problem("unet_lr", f"{quoted(gui.get('unet_lr', ''))} beside text_encoder_lr {gui['text_encoder_lr']}: kohya_ss "
+        given = quoted(gui.get("unet_lr", "")) if "unet_lr" in doc else "not in the file,"
+        problem("unet_lr", f"{given} beside text_encoder_lr {gui['text_encoder_lr']}: kohya_ss "
                 "then trains the text encoder alone, and lowvram always trains the U-Net; give unet_lr (kohya_ss's "
                 "default is 0.0001)")
     if gui.get("lr_scheduler") == "cosine_with_restarts" and "lr_scheduler_num_cycles" not in gui and _number(

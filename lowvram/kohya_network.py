@@ -9,10 +9,10 @@ from typing import Any
 from lowvram.adapters.blocks import BLOCK_OPTIONS, check_value
 from lowvram.errors import LowvramError
 from lowvram.kohya_values import as_number, pairs
+from lowvram.lora_header import WHOLE_LOKR_RANK
 
 LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
 LYCORIS_PRESETS = {"full": "full", "attn-mlp": "attn-mlp", "attn-only": "attn"}
-WHOLE_LOKR_RANK = 100_000  # a LoKr of this rank has whole Kronecker factors (LyCORIS's full_matrix; its presets')
 LYCORIS_UNTRAINED = {"decompose_both": "its first Kronecker factor decomposed too",
                      "use_scalar": "a trained scale on each update", "train_norm": "trained normalization layers"}
 

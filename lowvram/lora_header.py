@@ -109,6 +109,8 @@ FILE_NETWORK_OPTIONS = ("network", "rank", "alpha", "conv_rank", "conv_alpha", "
                         "lokr_factor")
 
 
+WHOLE_LOKR_RANK = 100_000  # a LoKr of this rank has whole Kronecker factors (LyCORIS's full_matrix; its presets')
+
 # what the names of the convolutions' layers hold, in diffusers' and the original (LDM) layout
 CONV_PARTS = ("_resnets_", "_downsamplers_", "_upsamplers_", "_conv_in", "_conv_out", "_in_layers_", "_out_layers_",
               "_skip_connection", "_op")
@@ -163,7 +165,7 @@ def network_options(path: Path) -> dict[str, Any]:
         rank, alpha = Counter(plain or spatial).most_common(1)[0][0]
         values |= {"rank": int(rank), "alpha": float(alpha)}
     elif network == "lokr":  # every layer two whole Kronecker factors: a rank no layer splits at
-        values |= _whole_factors_rank(metadata, layers)
+        values |= _whole_factors_rank(metadata)
     if spatial:
         conv_rank, conv_alpha = Counter(spatial).most_common(1)[0][0]
         values |= {"conv_rank": int(conv_rank), "conv_alpha": float(conv_alpha)}
@@ -187,14 +189,13 @@ def network_options(path: Path) -> dict[str, Any]:
     return values
 
 
-def _whole_factors_rank(metadata: dict[str, str], layers: dict[str, dict[str, dict]]) -> dict[str, Any]:
-    """The rank of a LoKr of whole Kronecker factors alone: its metadata's (kohya_ss's "full rank" 100000), else one
-    past every factor's sides, at which none splits (their alpha is applied to none)."""
+def _whole_factors_rank(metadata: dict[str, str]) -> dict[str, Any]:
+    """The rank of a LoKr of whole Kronecker factors alone: its metadata's (kohya_ss's "full rank" 100000), else
+    LyCORIS's full_matrix rank, at which no factor splits (their alpha is applied to none)."""
     try:
         return {"rank": int(metadata["ss_network_dim"]), "alpha": float(metadata.get("ss_network_alpha") or 1)}
     except (KeyError, TypeError, ValueError):
-        side = max((max(entry["shape"], default=0) for own in layers.values() for entry in own.values()), default=0)
-        return {"rank": 2 * side, "alpha": float(2 * side)} if side else {}
+        return {"rank": WHOLE_LOKR_RANK, "alpha": 1.0}
 
 
 def _shapes_factor(layers: dict[str, dict[str, dict]]) -> int:

@@ -61,10 +61,9 @@ def not_written_yet(lora: Path) -> str:
         return ""
     steps = [step for step, _ in written_checkpoints(lora.parent / CHECKPOINTS)]
     newest = f" (its newest checkpoint is step {max(steps)})" if steps else ""
-    options = next((path for path in (lora.parent / f"{name}.run.toml", lora.parent / f"{name}.toml")
-                    if is_options_file(path)), None)  # (written once the dataset is read: a run stopped before has
-    # none; a <name>.toml of the user's own is no run's options)
-    if options is None:
+    options = options_path(lora.parent, name)  # (written once the dataset is read: a run stopped before has none;
+    # a <name>.toml of the user's own is no run's options)
+    if not is_options_file(options):
         return f"; the run in {lora.parent} stopped before it trained: start it again as it was started"
     return (f"; the run in {lora.parent} has not written it yet{newest}: "
             f"{shell_line('lowvram', 'train', '--config', options, '--resume', 'auto')} continues it")

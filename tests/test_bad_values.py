@@ -581,3 +581,15 @@ def test_a_folder_not_found_names_a_close_one_beside_it(tmp_path, capsys, monkey
     assert main(["check-data", "img/10_ohwx_woman", "--model", "tiny"]) == 2
     assert capsys.readouterr().err.strip().endswith(f"folder not found: {tmp_path / 'img' / '10_ohwx_woman'} (did you "
                                                     f"mean {tmp_path / 'img' / '10_ohwx woman'}?)")
+
+
+def test_the_models_own_resolution_is_looked_up_without_the_hub(images, monkeypatch, capsys):
+    """The bucket sides checked against the model's own resolution looked a hub id up in every train, plan and
+    check-data (23 s offline each, the dry run's own lookup being the run's, once)."""
+    from lowvram.models import detect
+
+    asked = []
+    monkeypatch.setattr(detect, "_hub_family", lambda model: asked.append(model) or detect.FAMILIES["sd15"])
+    assert main(["train", "--model", "someone/custom-sd15", "--data", str(images), "--max-bucket-side", "256",
+                 "--dry-run"]) == 0
+    assert asked == []

@@ -488,12 +488,14 @@ def test_a_gui_number_field_of_other_text_is_refused_as_kohya_ss_stops_on_it(tmp
             settings_of(tmp_path, **{key: value})
         assert str(error.value) == f"{tmp_path / 'gui.json'}: {key}: '{value}' is not {kind}"
     assert settings_of(tmp_path, epoch="2", max_train_steps="")["epochs"] == 2  # (numbers as text, blanks: read)
-    for unet in ("", 0):
+    for unet in ("", 0, None):
         with pytest.raises(LowvramError) as error:
-            settings_of(tmp_path, unet_lr=unet)
+            translate_gui({key: value for key, value in STANDARD.items() if key != "unet_lr"} | (
+                {} if unet is None else {"unet_lr": unet}), tmp_path / "gui.json")
         assert str(error.value) == (
-            f"{tmp_path / 'gui.json'}: unet_lr: {unet!r} beside text_encoder_lr 3e-05: kohya_ss then trains the text "
-            "encoder alone, and lowvram always trains the U-Net; give unet_lr (kohya_ss's default is 0.0001)")
+            f"{tmp_path / 'gui.json'}: unet_lr: {'not in the file,' if unet is None else repr(unet)} beside "
+            "text_encoder_lr 3e-05: kohya_ss then trains the text encoder alone, and lowvram always trains the U-Net; "
+            "give unet_lr (kohya_ss's default is 0.0001)")
 
 
 def test_compiling_and_the_launchers_settings_are_carried_over_or_said(tmp_path):

@@ -447,6 +447,7 @@ def test_info_names_a_base_model_checkpoint_as_one(tmp_path, capsys):
     assert main(["info", str(path), "--json"]) == 1
     shown = json.loads(capsys.readouterr().out)
     assert (shown["checkpoint"], shown["unet_alone"]) == ("tiny SD (random weights)", False)
+    assert main(["info", str(path), "--strip-paths"]) == 0  # (the rewrite asked for is the command's work: done)
 
 
 def test_info_on_a_file_that_is_no_safetensors_says_so_in_one_line(tmp_path, capsys):

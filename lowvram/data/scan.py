@@ -509,8 +509,8 @@ def _judge(facts: dict, suffix: str, buckets: Buckets, options: ScanOptions) -> 
         ratio = max(width, height) / min(width, height)
         shape = f"{'widest' if wide else 'tallest'} bucket is {extreme[0]}x{extreme[1]}"
         target = "it" if bounded.bucket == extreme else f"its bucket {bounded.bucket[0]}x{bounded.bucket[1]}"
-        own = (f" (--bucket-no-upscale would train it at {placement.bucket[0]}x{placement.bucket[1]}, its own shape)"
-               if buckets.no_upscale else "")
+        own = (f" (its own shape under --bucket-no-upscale, {placement.bucket[0]}x{placement.bucket[1]}, is as "
+               "extreme)" if buckets.no_upscale else "")
         return (f"extreme aspect ratio: {width}x{height} is {f'{ratio:.1f}:1' if wide else f'1:{ratio:.1f}'} and the "
                 f"{shape}: cropping to {target} would keep only {bounded.kept_fraction:.0%} of the image{own}; "
                 "crop or split it"), None, []
