@@ -829,8 +829,8 @@ def test_bucket_no_upscale_skips_the_aspect_ratios_the_buckets_skip(tmp_path):
     skipped = scan_dataset(tmp_path / "ds", default_buckets(512, no_upscale=True)).skipped
     assert [(r.relpath, r.reason) for r in skipped] == [(
         "pano.jpg", ("extreme aspect ratio: 12000x200 is 60.0:1 and the widest bucket is 1024x256: cropping to it "
-                    "would keep only 7% of the image (its own shape under --bucket-no-upscale, 3840x64, is as extreme); "
-                    "crop or split it"))]
+                    "would keep only 7% of the image (its own shape under --bucket-no-upscale, 3840x64, is as "
+                    "extreme); crop or split it"))]
 
 
 def test_no_bucket_says_the_square_crops_that_keep_little(tmp_path):
