@@ -583,9 +583,17 @@ def _run_command(argv: list[str] | None) -> int:
         elif args.command == "caption":
             return run_caption(args)
         elif args.command == "info":
+            import logging
+
             from lowvram.info import print_info
 
-            lora = print_info(args.file, args.json, args.strip_paths, args.strip_captions)
+            bitsandbytes = logging.getLogger("bitsandbytes")  # (peft, read for a LoKr's factor, imports it: its
+            level = bitsandbytes.level  # CPU kernel's fetch fails and is logged, as `_quiet_libraries` says)
+            bitsandbytes.setLevel(logging.ERROR)
+            try:
+                lora = print_info(args.file, args.json, args.strip_paths, args.strip_captions)
+            finally:
+                bitsandbytes.setLevel(level)
             return 0 if lora or args.strip_paths or args.strip_captions else 1  # (a rewrite asked for: done)
         elif args.command == "extract":
             from lowvram.extract import run, summary

@@ -4,6 +4,8 @@ names the options to pass."""
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -566,6 +568,11 @@ def test_a_lokr_of_whole_factors_continues_at_the_rank_it_was_trained_with(tmp_p
     assert {key: network_options(mixed)[key] for key in ("rank", "alpha", "conv_rank", "conv_alpha")} == {
         "rank": 8, "alpha": 8.0, "conv_rank": 4, "conv_alpha": 1.0}
     assert (network_options(whole)["rank"], network_options(bare)["lora_layers"]) == (100000, "full")
+    # info on it, in a process of its own: peft, read for its factor, imported bitsandbytes, whose failed fetch of a
+    # CPU kernel (on an AVX512-BF16 CPU) was logged as info's first line
+    shown = subprocess.run([sys.executable, "-m", "lowvram", "info", str(bare)], check=False, capture_output=True,
+                           text=True)
+    assert (shown.returncode, shown.stderr) == (0, "") and "LoKr" in shown.stdout
     for index, lora in enumerate((mixed, whole, bare)):  # (the file's options taken, as the command line takes them)
         assert main(["train", "--model", "tiny", "--data", "sample", "--network-weights", str(lora), "--output",
                      str(tmp_path / f"on{index}"), "--max-steps", "1"]) == 0
