@@ -107,7 +107,14 @@ def translate_gui(doc: dict[str, Any], path: Path, given: Mapping[str, Any] | No
     prompts = [line.strip() for line in str(doc.get("sample_prompts") or "").splitlines()]
     prompts = [line for line in prompts if line and not line.startswith("#")]
     typed = set(_additional(str(doc.get("additional_parameters") or ""), lambda *_: None))  # (refused if misspelt)
-    values, notes = translate(settings, path, prompts, by_hand=typed, prompted=prompted(given or {}))
+    try:
+        values, notes = translate(settings, path, prompts, by_hand=typed, prompted=prompted(given or {}))
+    except LowvramError as exc:  # (each line names the setting as the GUI's file does: optimizer, not optimizer_type)
+        lines = str(exc).splitlines()
+        for gui, ours in RENAMED.items():
+            lines = [f"{path}: {gui}:{line.removeprefix(f'{path}: {ours}:')}" if line.startswith(f"{path}: {ours}:")
+                     else line for line in lines]
+        raise LowvramError("\n".join(lines)) from None
     if filled:  # (said: which of the run's settings the file did not name)
         notes.insert(0, "left out of the file, taken as kohya_ss's LoRA tab has them: " + ", ".join(
             f"{key} {value}{'%' * (key == 'lr_warmup')}" for key, value in filled.items()))

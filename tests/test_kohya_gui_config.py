@@ -513,3 +513,10 @@ def test_compiling_and_the_launchers_settings_are_carried_over_or_said(tmp_path)
         "launcher; give lowvram's own (its --mixed-precision for accelerate's)")]
     _, quiet = translate_gui(STANDARD | {"dynamo_backend": "no", "gpu_ids": ""}, tmp_path / "gui.json")
     assert not [note for note in quiet if "not carried over" in note]  # (the GUI's defaults: nothing to say)
+
+
+def test_a_refusal_names_the_setting_as_the_gui_file_does(tmp_path):
+    """kohya_ss's "optimizer" was refused as sd-scripts' optimizer_type, a key the user's file does not hold."""
+    with pytest.raises(LowvramError) as error:
+        settings_of(tmp_path, optimizer="AdamW8bitt")
+    assert str(error.value).startswith(f"{tmp_path / 'gui.json'}: optimizer: 'AdamW8bitt' is no optimizer of kohya's")
