@@ -24,6 +24,11 @@ class TrainingInterrupted(LowvramError):
 
     exit_code = 130
 
+    def __init__(self, message: str = "", saved: dict[str, str] | None = None):
+        super().__init__(message)
+        # what the stop left, for metrics.jsonl's end line as the message says it: "lora", "checkpoint", "continue"
+        self.saved = saved or {}
+
 
 class Busy(Refused):
     """Another live lowvram run holds the output folder (or the cache `lowvram cache` would prune): refused before

@@ -65,7 +65,11 @@ def test_sigint_then_resume_gives_the_uninterrupted_lora(tmp_path):
     assert len(err.strip().splitlines()) == 1  # one clear line
     stopped_at = sum('"loss"' in line for line in metrics.read_text().splitlines())
     assert stopped_at < STEPS
-    assert json.loads(metrics.read_text().splitlines()[-1]) == {"step": stopped_at, "end": "interrupted"}
+    # the end line names what the stop saved, as its message does (a script read no LoRA there)
+    assert json.loads(metrics.read_text().splitlines()[-1]) == {
+        "step": stopped_at, "end": "interrupted", "lora": str(cut / f"cut-step{stopped_at:08d}.safetensors"),
+        "checkpoint": str(cut / "checkpoints" / f"step-{stopped_at:06d}"),
+        "continue": err.strip().split("continue with: ")[1]}
     assert checkpoint_folders.latest(cut / "checkpoints").name == f"step-{stopped_at:06d}"
     assert (cut / f"cut-step{stopped_at:08d}.safetensors").is_file()  # a usable LoRA right away
 

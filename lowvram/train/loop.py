@@ -304,7 +304,8 @@ def stopped_after_the_last_step(lora_path: Path, again: str | None) -> TrainingI
     """Said where a Ctrl-C stops a run whose LoRA is written: `again`, the command that draws its samples, where it
     had samples left to draw."""
     left = f", its samples are not all drawn ({again})" if again else ""
-    return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved{left}")
+    return TrainingInterrupted(f"interrupted after the last step: {lora_path} is saved{left}",
+                               {"lora": str(lora_path)} | ({"samples": again} if again else {}))
 
 
 def draw_again(session: Session, lora_path: Path) -> str | None:

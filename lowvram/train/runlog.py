@@ -215,8 +215,8 @@ class RunLog:
 
 def _end_record(step: int, error: BaseException) -> dict:
     """The line that ends metrics.jsonl for a run stopped by `error`: interrupted (to resume), or failed and why."""
-    if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):
-        return {"step": step, "end": "interrupted"}
+    if isinstance(error, (KeyboardInterrupt, TrainingInterrupted)):  # (with what it saved: a script reads the
+        return {"step": step, "end": "interrupted"} | getattr(error, "saved", {})  # LoRA and how to go on there)
     return {"step": step, "end": "failed", "error": (str(error).splitlines() or [type(error).__name__])[0]}
 
 

@@ -419,7 +419,8 @@ def save_interrupted(session: Session, trainee: Trainee, dataset: Dataset, sched
         return TrainingInterrupted("")
     then = outdir.continue_line(out_dir, name, session.world)
     return TrainingInterrupted(f"interrupted at step {step} of {schedule.total_steps}: saved {usable} and the "
-                               f"checkpoint {saved}; continue with: {then}")
+                               f"checkpoint {saved}; continue with: {then}",
+                               {"lora": str(usable), "checkpoint": str(saved), "continue": then})
 
 
 @contextmanager
