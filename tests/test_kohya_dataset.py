@@ -315,7 +315,11 @@ def test_subsets_that_differ_or_repeat_are_noted_and_settings_lowvram_lacks_list
     notes = " | ".join(dataset.notes)
     assert ("flip_aug: set for alpha alone, each training its images with its own; the other subsets take the run's "
             "(the training config's or the command line's), as kohya fills them from its arguments") in notes
-    assert "imgs/alpha is already a subset of this dataset" in notes
+    assert "imgs/alpha is already a subset of this dataset; this second subset of it is left out" in notes
+    doc["datasets"][0]["subsets"][2] |= {"is_reg": True}  # (said as what it means: no class images)
+    notes = " | ".join(read_dataset(write(tmp_path / "dataset.toml", doc)).notes)
+    assert ("imgs/alpha is already a subset of this dataset; this is_reg subset is left out: no class images come "
+            "of it (kohya drops it too)") in notes
     assert "not carried over (lowvram has no such setting): token_warmup_step" in notes  # cache_info: quietly
     # alpha's .txt captions: kohya's default caption_extension, .caption, would read none of them
     assert "datasets.subsets[1]: no caption_extension: kohya would read .caption files only" in notes

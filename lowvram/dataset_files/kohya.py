@@ -131,8 +131,9 @@ def read_kohya_dataset(doc: dict[str, Any], path: Path) -> DatasetFile:
             tree = settled.get("recursive") is True and given.captions is None  # (each folder of it, as kohya)
             for subset in [replace(given, folder=folder) for folder in image_tree(given.folder)] if tree else [given]:
                 if subset.folder in seen:
-                    notes.append(f"{name}: {subset.folder} is already a subset of this dataset; kohya ignores the "
-                                 "repeat, so does lowvram")
+                    dropped = ("this is_reg subset is left out: no class images come of it (kohya drops it too)"
+                               if subset.regularization else "this second subset of it is left out, as kohya drops it")
+                    notes.append(f"{name}: {subset.folder} is already a subset of this dataset; {dropped}")
                     continue
                 seen.add(subset.folder)
                 if "caption_extension" not in settled and subset.captions is None and subset.folder.is_dir() and any(
