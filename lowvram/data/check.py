@@ -192,8 +192,23 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
 
 def class_image_notes(training: ScanReport, regularization: ScanReport, trigger: str | None) -> list[str]:
     """What is wrong with the class images, in words: copies of training images, the trigger word in captions."""
-    return [note for note in (class_copies_note(training, regularization), class_trigger_note(regularization, trigger))
-            if note]
+    return [note for note in (class_copies_note(training, regularization), class_trigger_note(regularization, trigger)
+                              or (None if trigger else class_label_note(training, regularization))) if note]
+
+
+def class_label_note(training: ScanReport, regularization: ScanReport) -> str | None:
+    """Class images captioned with a training folder's name (1_ohwx woman beside 20_ohwx woman): the trigger a kohya
+    user names in the folder, not with --trigger-word, which the note of the trigger word reads; None where none is."""
+    labels = sorted({label for record in training.usable if (label := concept_of(record))}, key=len, reverse=True)
+    named = [(record, label) for record in regularization.usable for label in labels
+             if has_word(record.caption if record.own_caption is None else record.own_caption, label)]
+    if not named:
+        return None
+    record, label = named[0]
+    count = len({id(record) for record, _ in named})
+    return (f"warning: {count} class image(s) are captioned with '{label}', a training folder's name ("
+            f"{record.relpath}: '{record.caption}'): prior preservation then trains the subject's caption on other "
+            "images of its class; caption them with the class alone (a folder named 1_woman for 20_ohwx woman)")
 
 
 def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str | None:
