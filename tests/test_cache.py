@@ -578,6 +578,14 @@ def test_uncaptioned_class_images_loose_in_their_folder_say_what_they_are_captio
         capsys.readouterr().out.split())
     assert main([*argv, "--class-prompt", "a photo of a shape"]) == 0
     assert "top level of" not in capsys.readouterr().out
+    # a folder named as a class-image folder, or as one of images (no caption at all): no class, warned of
+    for name, said in (("reg", "are captioned 'reg', the folder's name, as their class"),
+                       ("images", "train without a caption (images/ names no class)")):
+        (tmp_path / "reg_plain").rename(tmp_path / name)
+        assert main([*argv[:-1], str(tmp_path / name)]) == 0
+        assert (f"warning: 1 class image(s) at the top level of {tmp_path / name} without captions {said}; give "
+                "--class-prompt") in " ".join(capsys.readouterr().out.split())
+        (tmp_path / name).rename(tmp_path / "reg_plain")
     (tmp_path / "reg_plain").rename(tmp_path / "1_shape")  # an N_name folder itself: its name is their class
     assert main([*argv[:-1], str(tmp_path / "1_shape")]) == 0
     assert "top level of" not in capsys.readouterr().out

@@ -111,15 +111,19 @@ def _scan(run: ResolvedRun, data: Path, trigger: str | None, console: Console | 
             report.folder_notes[:] = [note for note in report.folder_notes if not note.endswith(given)]
             if Path(run.config.data.reg_data).resolve().is_relative_to(report.root):  # (its images train, as those)
                 report.passed_over = max(0, report.passed_over - images_below(Path(run.config.data.reg_data)))
-        loose = [record for record in report.usable if "/" not in record.relpath and record.caption == record.folder
-                 and any("template used" in note for note in record.notes)]
+        loose = [record for record in report.usable if "/" not in record.relpath and record.caption in (
+            record.folder, "") and any("template used" in note for note in record.notes)]
         own = REPEAT_FOLDER.match(Path(data).name)  # (--reg-data reg/1_dog: its name is their class, as kohya's)
         named = own and repeats_of(Path(data).name) and own.group(2)
         if regularization and loose and not named and not run.config.data.class_prompt:
+            # (a folder of class images named as one, reg/, class_images/, or images/: a caption of no class)
+            unnamed = not loose[0].caption or re.fullmatch(REG_FOLDER_NAMES, Path(data).name.lower())
+            what = (f"are captioned '{loose[0].caption}', the folder's name, as their class" if loose[0].caption else
+                    f"train without a caption ({Path(data).name}/ names no class)")
             report.folder_notes.append(
-                f"{len(loose)} class image(s) at the top level of {data} without captions are captioned "
-                f"'{loose[0].folder}', the folder's name, as their class; give --class-prompt (e.g. 'a photo of a "
-                "dog'), or move them into a folder named for their class (1_dog)")
+                f"{'warning: ' * bool(unnamed)}{len(loose)} class image(s) at the top level of {data} without captions "
+                f"{what}; give --class-prompt (e.g. 'a photo of a dog'), or move them "
+                "into a folder named for their class (1_dog)")
         return report
     dataset = read_dataset(data)
     folders = []
@@ -188,6 +192,9 @@ def scan_sets(run: ResolvedRun, data: Path, trigger: str | None, console: Consol
     if config.validation.validation_split:
         records, held_out = hold_out(records, config.validation.validation_split, config.training.seed)
     return ScannedSets(reports, records, held_out)
+
+
+REG_FOLDER_NAMES = r"(reg|regs|regularization|regularisation|class|classes)([ _-]?(images?|imgs?|data|pics))?"
 
 
 def class_image_notes(training: ScanReport, regularization: ScanReport, trigger: str | None) -> list[str]:
