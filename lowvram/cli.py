@@ -228,6 +228,11 @@ def print_run_options(config, auto: bool) -> None:
     options = saved_options(config)
     options["output"]["output"] = str(config.output_dir)  # (the .toml's "." is the folder it lies in)
     print(tomli_w.dumps(options), end="")
+    if config.training.resume:  # (one run's circumstance, kept out of its .toml: a OneTrainer config's
+        # continue_last_backup, said nowhere)
+        print(f"\n# and --resume {config.training.resume}: "
+              + ("it goes on from the newest checkpoint in its --output, else starts the run"
+                 if config.training.resume == "auto" else "it goes on from that checkpoint"))
     if is_dataset_file(config.data.data):
         settled = dataset_file_options(config)
         # (a OneTrainer user missed their concepts' flip, crop and tag shuffling here: the .toml leaves them out)

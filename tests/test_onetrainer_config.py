@@ -829,3 +829,21 @@ def test_the_text_encoders_layer_skips_are_read_for_the_model_type_that_reads_th
     assert str(error.value) == (
         f"{path}: text_encoder_2_layer_skip: 1: OneTrainer reads SDXL's text encoder that many layers before the "
         "penultimate one, as lowvram and kohya never do; set it to 0")
+
+
+def test_the_dry_run_says_continue_last_backup_resumes(tmp_path, capsys):
+    """continue_last_backup is --resume auto, a run's circumstance its .toml leaves out: the dry run that prints
+    "every option the run would train with" said nothing of it."""
+    import tomllib
+
+    from lowvram.cli import main
+
+    config = tmp_path / "ot.json"
+    config.write_text(json.dumps({"__version": 6, "training_method": "LORA", "model_type": "STABLE_DIFFUSION_15",
+                                  "base_model_name": "tiny", "resolution": "64", "epochs": 1, "concept_file_name": "",
+                                  "continue_last_backup": True}))
+    assert main(["train", "--config", str(config), "--data", "sample", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    tomllib.loads(out.split("\n", 1)[1])  # (still TOML, the line a comment)
+    assert ("# and --resume auto: it goes on from the newest checkpoint in its --output, else starts the run"
+            in out.splitlines())
