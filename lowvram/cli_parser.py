@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "to stdout, and the tables to stderr)")
     check.add_argument("--json", action="store_true",
                        help="the full report as JSON on stdout, the tables on stderr (--report -), as plan's --json")
-    check.add_argument("--verbose", action="store_true", help="list every usable file with a note (without it, up to "
-                       f"{FILES_LISTED_UP_TO} are listed, then a count)")
+    check.add_argument("--verbose", action="store_true", help="list every usable file that has a note, with its bucket "
+                       f"(without it, up to {FILES_LISTED_UP_TO} are listed, then a count; --json lists every file "
+                       "with its bucket)")
     check.add_argument("--captions", action="store_true", help="list each usable image's caption as it trains "
                        "(trigger word, prefix and suffix added), and its tags by how many captions hold them")
     check.add_argument("--config", type=Path, help="a training config: its [model] and [data] options apply")

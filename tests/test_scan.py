@@ -856,3 +856,13 @@ def test_a_caption_of_nothing_but_commas_is_an_empty_one(tmp_path):
     assert records["commas.png"].caption == "ohwx cat"
     assert records["commas.png"].notes == ("caption commas.txt holds nothing but commas: template used: 'ohwx cat'",)
     assert records["tags.png"].caption == "ohwx cat, ,orange,"  # (tags: as written, its empty tag said elsewhere)
+
+
+def test_the_list_of_usable_files_with_notes_shows_each_ones_bucket(tmp_path):
+    """A crop or an upscale noted is to a bucket the list did not show (only a count per bucket, below it)."""
+    (tmp_path / "ds").mkdir()
+    Image.new("RGB", (70, 100), (10, 20, 30)).save(tmp_path / "ds" / "tall.png")
+    out = io.StringIO()
+    scan_dataset(tmp_path / "ds", TINY).print_summary(Console(file=out, width=300))
+    row = next(line for line in out.getvalue().splitlines() if "tall.png" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][:3] == ["tall.png", "70x100", "48x80"]

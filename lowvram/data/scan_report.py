@@ -196,8 +196,10 @@ class ScanReport:
                                   for kind, count in summary["skipped_by_reason"].items()]))
         noted = sorted((r for r in self.usable if r.notes), key=lambda r: _in_number_order(r.relpath))
         if noted and (verbose or len(noted) <= FILES_LISTED_UP_TO):
-            console.print(_table("usable, with notes", ("file", "size", "notes"),
-                                 [(r.relpath, f"{r.width}x{r.height}", "; ".join(r.notes)) for r in noted]))
+            console.print(_table("usable, with notes", ("file", "size", "bucket", "notes"),  # (the bucket: what the
+                                 [(r.relpath, f"{r.width}x{r.height}",  # crop or upscale noted is to)
+                                   "x".join(map(str, r.bucket)) if r.bucket else "", "; ".join(r.notes))
+                                  for r in noted]))
         elif noted:
             kinds = ", ".join(f"{k} ({n})" for k, n in summary["notes"].items())
             console.print(f"{len(noted)} usable files have notes: {kinds}; {LISTS_EACH} them")
