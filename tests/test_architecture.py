@@ -31,7 +31,7 @@ LAYERS = [
     ("lowvram.data",),
     ("lowvram.plan",),
     ("lowvram.train",),
-    ("lowvram.generate", "lowvram.info", "lowvram.resize", "lowvram.merge", "lowvram.fuse", "lowvram.extract",
+    ("lowvram.generate", "lowvram.info", "lowvram.dry_run", "lowvram.resize", "lowvram.merge", "lowvram.fuse", "lowvram.extract",
      "lowvram.doctor",
      "lowvram.caption", "lowvram.ui", "lowvram.housekeeping"),
     ("lowvram.cli", "lowvram.cli_parser", "lowvram.__main__"),
