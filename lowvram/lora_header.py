@@ -178,7 +178,8 @@ def network_options(path: Path) -> dict[str, Any]:
             pass
     names = " ".join(layers)
     values["lora_layers"] = metadata.get("lowvram.lora_layers") or (
-        "full" if spatial or any(part in names for part in CONV_PARTS)  # (a LyCORIS file's flat 3x3 factors)
+        "full" if spatial or network in ("loha", "lokr") and any(part in names for part in CONV_PARTS)  # (their
+        # 3x3 factors are flat: a LyCORIS file's convolutions told by their names)
         else "attn-mlp" if any(part in names for part in ("_ff_net_", "_mlp_fc")) else "attn")
     values["train_text_encoder"] = any(base.startswith("lora_te") for base in layers)
     if network == "lokr":

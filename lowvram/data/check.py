@@ -215,7 +215,8 @@ def class_label_note(training: ScanReport, regularization: ScanReport) -> str | 
     count = len({id(record) for record, _ in named})
     return (f"warning: {count} class image(s) are captioned with '{label}', a training folder's name ("
             f"{record.relpath}: '{record.caption}'): prior preservation then trains the subject's caption on other "
-            "images of its class; caption them with the class alone (a folder named 1_woman for 20_ohwx woman)")
+            "images of its class; caption them with the class alone, and the subject with a word of its own besides "
+            "(1_woman beside 20_ohwx woman)")
 
 
 def class_trigger_note(regularization: ScanReport, trigger: str | None) -> str | None:
